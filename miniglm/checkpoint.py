@@ -1,0 +1,199 @@
+"""Checkpoints: save and load model weights (safetensors), training state and metadata, atomically.
+
+A run directory (`runs/<name>/`) holds `config.json`, `metrics.jsonl` and `checkpoints/`:
+
+    checkpoints/step_0000200/   model.safetensors  state.pt  meta.json  tokenizer.json
+    checkpoints/best/           the same, for the lowest validation loss so far
+
+A checkpoint is written into a temporary sibling directory and renamed into place, so a kill at any
+moment leaves every earlier checkpoint intact (a half-written `*.tmp*` directory is ignored).
+`state.pt` (optimizer, step, RNG, data position) holds only tensors and plain Python values and is
+read with `torch.load(weights_only=True)`; nothing is ever unpickled. Loading is strict: a
+different format version, tokenizer or tensor shape is an error that says exactly what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from miniglm.config import ConfigError, ModelConfig, load_config
+from miniglm.errors import UserError
+from miniglm.model import MiniGLM
+from miniglm.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+META = "meta.json"
+TOKENIZER = "tokenizer.json"
+
+
+class CheckpointError(UserError, ValueError):
+    """A missing, incomplete or incompatible checkpoint."""
+
+
+@dataclass
+class Loaded:
+    model: MiniGLM
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+    path: Path
+
+
+def _weights_dict(model: MiniGLM) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # shared with model.embed_tokens.weight; stored once
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_checkpoint(path: str | Path, model: MiniGLM, tokenizer: Tokenizer, step: int,
+                    state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a complete checkpoint directory at `path` (replacing one that exists), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_weights_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    tokenizer.hf.save(str(tmp / TOKENIZER))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "model_config": asdict(model.config),
+        "tokenizer_sha256": tokenizer.sha256,
+        **(extra or {}),
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _fsync_dir(tmp)
+    if path.exists():  # replace: move the old one aside first, so one complete copy always exists
+        old = path.with_name(f"{path.name}.old{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / WEIGHTS).is_file() and (path / META).is_file()
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete `step_*` checkpoints of a run, oldest first."""
+    ckdir = Path(run_dir) / "checkpoints"
+    if not ckdir.is_dir():
+        return []
+    found = [p for p in ckdir.glob("step_*") if "." not in p.name and is_checkpoint(p)]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint dir as given, or a run dir's `best` (or `latest`) checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint or run directory not found: {path}")
+    if is_checkpoint(path):
+        return path
+    steps = list_checkpoints(path)
+    best = path / "checkpoints" / "best"
+    if which == "best" and is_checkpoint(best):
+        return best
+    if steps:
+        return steps[-1]
+    if is_checkpoint(best):
+        return best
+    raise CheckpointError(f"no complete checkpoint in {path} (expected {WEIGHTS} + {META}, "
+                          f"or checkpoints/step_*/ inside a run directory)")
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((ckpt / META).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{ckpt / META}: unreadable checkpoint metadata ({e})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{ckpt}: checkpoint format version {version!r}, this MiniGLM reads "
+                              f"version {FORMAT_VERSION}")
+    return meta
+
+
+def load_weights(model: MiniGLM, ckpt: Path) -> None:
+    """Strictly load `ckpt`'s weights into `model`; every missing/extra/mis-shaped tensor is named."""
+    try:
+        tensors = load_file(str(ckpt / WEIGHTS))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{ckpt / WEIGHTS}: unreadable weights ({e})") from None
+    expected = _weights_dict(model)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes[:3]))
+    if problems:
+        raise CheckpointError(f"{ckpt}: weights do not fit the model: {' | '.join(problems)}")
+    model.load_state_dict(tensors, strict=False)  # tied lm_head.weight comes with the embedding
+
+
+def model_config_of(meta: dict[str, Any], ckpt: Path) -> ModelConfig:
+    try:
+        return load_config(ModelConfig, overrides=meta["model_config"])
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{ckpt / META}: bad model_config ({e})") from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", which: str = "best",
+                    dtype: torch.dtype | None = None) -> Loaded:
+    """Model (eval mode), tokenizer and metadata of a checkpoint or run directory."""
+    ckpt = resolve_checkpoint(path, which)
+    meta = read_meta(ckpt)
+    tok = Tokenizer.from_file(ckpt / TOKENIZER)
+    if tok.sha256 != meta.get("tokenizer_sha256"):
+        raise CheckpointError(f"{ckpt}: tokenizer.json (sha256 {tok.sha256[:12]}) is not the one the "
+                              f"model was trained with ({str(meta.get('tokenizer_sha256'))[:12]})")
+    model = MiniGLM(model_config_of(meta, ckpt))
+    load_weights(model, ckpt)
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    return Loaded(model, tok, meta, ckpt)
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    """Training state of a checkpoint, read without unpickling arbitrary objects."""
+    if not (ckpt / STATE).is_file():
+        raise CheckpointError(f"{ckpt}: no {STATE} (a weights-only checkpoint cannot be resumed)")
+    try:
+        return torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{ckpt / STATE}: unreadable training state ({e})") from None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (the `best` copy is separate)."""
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else list_checkpoints(run_dir):
+        shutil.rmtree(old, ignore_errors=True)
