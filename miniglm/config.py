@@ -118,7 +118,7 @@ class SFTDataConfig:
     pack: bool = opt(False, "pack several short examples into one row")
     skip_bad: bool = opt(False, "skip malformed lines (and count them) instead of stopping")
     dedup: bool = opt(True, "drop exact duplicate examples")
-    max_question_tokens: int = opt(0, "truncate questions to this many tokens; 0 = block_size // 2")
+    max_question_tokens: int = opt(0, "prompt token budget when an example must be cut; 0 = block_size // 2")
 
     def __post_init__(self) -> None:
         _require(self.block_size >= 8, "block_size", f"must be >= 8, got {self.block_size}")
@@ -378,7 +378,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
             continue
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tname = getattr(tp, "__name__", None) or "|".join(map(str, typing.get_args(tp)))
+        tname = ("|".join(map(str, typing.get_args(tp))) if typing.get_origin(tp) is Literal
+                 else getattr(tp, "__name__", str(tp)))
         kwargs: dict[str, Any] = {"dest": "cfg::" + name, "default": argparse.SUPPRESS,
                                   "help": f"{f.metadata.get('help', '')} [{tname}, default: {default}]"}
         if tp is bool:
