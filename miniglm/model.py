@@ -9,8 +9,11 @@ the embedding. Module and parameter names are Hugging Face Llama's (`model.embed
 Shape letters: B batch, T query length, S key length (cache + T), C hidden size, H query heads,
 K key/value heads, D head size, V vocabulary.
 
-This file knows nothing of training or generation loops: it computes logits (and a masked loss if
-targets are given) and, when handed a `KVCache`, appends to it.
+This file knows nothing of training or generation loops: it computes logits, or, given targets,
+the masked loss (`(None, loss)`: the loss is computed chunk by chunk from the final hidden states
+and the (B, T, V) logits are never materialised, see `miniglm.kernels`), and, when handed a
+`KVCache`, appends to it. The matmuls go through `kernels.Linear` (an `nn.Linear` with a faster
+float32 CPU path); `masked_cross_entropy` below is the plain reference for the loss.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from miniglm.config import ModelConfig
+from miniglm.kernels import Linear, causal_attention, linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -91,16 +95,17 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         C = cfg.hidden_size
-        self.q_proj = nn.Linear(C, self.n_head * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(C, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(C, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, C, bias=False)
+        self.q_proj = Linear(C, self.n_head * self.head_dim, bias=False)
+        self.k_proj = Linear(C, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = Linear(C, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = Linear(self.n_head * self.head_dim, C, bias=False)
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # rotate in the compute dtype (bf16 under autocast)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
         if kv_cache is not None:
@@ -112,7 +117,7 @@ class Attention(nn.Module):
         if attn_mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         elif past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            y = causal_attention(q, k, v)
         elif T == 1:  # one new token attends to everything cached
             y = F.scaled_dot_product_attention(q, k, v)
         else:  # a chunk appended after a cached prefix: causal with an offset
@@ -128,9 +133,9 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -155,7 +160,9 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # Tied to the LM head, whose (dense) gradient always arrives first: a sparse gradient for the
+        # lookup is then added to it row by row instead of as a second dense (V, C) tensor.
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, sparse=cfg.tie_word_embeddings)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -167,7 +174,7 @@ class MiniGLM(nn.Module):
             raise ValueError("model.vocab_size must be set (> 0) before building the model")
         self.config = cfg
         self.model = Backbone(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         cos, sin = rotary_tables(cfg)
@@ -202,7 +209,7 @@ class MiniGLM(nn.Module):
         position_ids: torch.Tensor | None = None,  # (B, T); default: cache.pos + arange(T)
         attn_mask: torch.Tensor | None = None,  # (B, 1, T, S) bool, True = may attend
         last_only: bool = False,  # compute logits for the last position only (generation)
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (logits, None) or, given targets, (None, loss)
         B, T = input_ids.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if position_ids is None:
@@ -219,12 +226,12 @@ class MiniGLM(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.model.norm(x)
+        if targets is not None:  # training/eval loss: the (B, T, V) logits are never materialised
+            mask = None if loss_mask is None else loss_mask.reshape(-1)
+            return None, linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), mask)
         if last_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(x)  # (B, T, V)
-        if targets is None:
-            return logits, None
-        return logits, masked_cross_entropy(logits, targets, loss_mask)
+        return self.lm_head(x), None  # (B, T, V)
 
 
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
