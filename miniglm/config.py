@@ -186,11 +186,13 @@ class SampleConfig:
     temperature: float = opt(0.8, "softmax temperature; 0 = greedy")
     top_k: int = opt(50, "sample from the k most likely tokens; 0 = off")
     top_p: float = opt(0.95, "nucleus sampling mass; 1 = off")
-    repetition_penalty: float = opt(1.1, "divide logits of already-seen tokens by this; 1 = off")
-    no_repeat_ngram_size: int = opt(0, "forbid repeating any n-gram of this size; 0 = off")
-    seed: int = opt(1337, "sampling seed")
-    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "where to run")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt("auto", "weights/compute dtype")
+    repetition_penalty: float = opt(
+        1.1, "penalise tokens already in prompt or output: positive logits / this, negative * this; 1 = off")
+    no_repeat_ngram_size: int = opt(0, "forbid any n-gram of this size that prompt or output already holds; 0 = off")
+    seed: int = opt(1337, "sampling seed (same seed and prompt, same output)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "where to run; auto = cuda if available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "weights/compute dtype; auto = as for training: bfloat16 on GPUs and CPUs with fast bf16, else float32")
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
