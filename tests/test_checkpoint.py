@@ -15,16 +15,6 @@ from miniglm.model import MiniGLM
 from miniglm.trainer import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster, and far more steadily on a shared machine, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_pretrain_dir(tmp_path_factory.mktemp("data"))

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from tiny_data import make_pretrain_dir, tiny_config
 
 from miniglm import checkpoint as ckpt
@@ -17,16 +16,6 @@ from miniglm.runlog import read_metrics
 from miniglm.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster, and far more steadily on a shared machine, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(tmp_path):

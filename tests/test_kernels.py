@@ -12,14 +12,6 @@ from miniglm import kernels
 from miniglm.model import masked_cross_entropy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grads(fn, *tensors):
     out = fn(*tensors)
     out.backward(torch.ones_like(out) if out.dim() else None)

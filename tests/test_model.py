@@ -12,16 +12,6 @@ from miniglm.config import ModelConfig
 from miniglm.model import KVCache, MiniGLM, masked_cross_entropy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster, and far more steadily on a shared machine, on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def tiny(**kw) -> ModelConfig:
     base = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=64, max_position_embeddings=64)
