@@ -36,8 +36,8 @@ def build_parser() -> Parser:
     p.add_argument("--sft-data", nargs="+", default=[str(ASSETS / "qa.jsonl")],
                    help="Q&A files for SFT [the bundled qa.jsonl]")
     p.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size [4000]")
-    p.add_argument("--pretrain-steps", type=int, default=400, help="pretraining steps (small preset) [400]")
-    p.add_argument("--sft-steps", type=int, default=250, help="SFT steps [250]")
+    p.add_argument("--pretrain-steps", type=int, default=800, help="pretraining steps (small preset) [800]")
+    p.add_argument("--sft-steps", type=int, default=800, help="SFT steps [800]")
     p.add_argument("--block-size", type=int, default=128, help="SFT row length in tokens [128]")
     p.add_argument("--num-answers", type=int, default=5, help="questions answered from each set at the end [5]")
     p.add_argument("--eval-limit", type=int, default=60, help="Q&A items scored in the eval report [60]")
