@@ -20,13 +20,13 @@ labels are not drawn as boxes; without one the figures are still drawn.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from miniglm.errors import UserError
+from miniglm.jsonl import iter_jsonl
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei",
              "Noto Serif CJK SC", "SimHei")
@@ -60,13 +60,8 @@ def read_metrics(run_dir: str | Path) -> RunMetrics:
         what = "run directory not found" if not run_dir.exists() else "no metrics.jsonl (not a run directory made by `miniglm train`?)"
         raise PlotError(f"{run_dir}: {what}")
     run = RunMetrics(run_dir.resolve().name, run_dir)
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PlotError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for lineno, rec in iter_jsonl(path, text, PlotError, allow_torn_tail=True):  # a killed run may tear the last line
         if not isinstance(rec, dict) or not isinstance(rec.get("type"), str):
             raise PlotError(f"{path}:{lineno}: expected a JSON object with a \"type\"")
         kind = rec["type"]

@@ -16,7 +16,6 @@ Owns how a Q&A file is read and how a model is judged on it:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from miniglm import metrics
 from miniglm.evaluate import EvalError, autocast, model_device
+from miniglm.jsonl import iter_jsonl
 from miniglm.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
 
@@ -73,15 +73,9 @@ def load_qa(path: str | Path, limit: int | None = None) -> list[QAItem]:
     except UnicodeDecodeError as e:
         raise EvalError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     items: list[QAItem] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, obj in iter_jsonl(path, text, EvalError):
         if limit is not None and len(items) >= limit:
             break
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
         items.append(_qa_item(obj, path, lineno))
     if not items:
         raise EvalError(f"{path}: no Q&A items")

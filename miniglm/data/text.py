@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import codecs
 import html
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from miniglm.data import DataError
+from miniglm.jsonl import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 UNITS = ("document", "chapter", "paragraph")
@@ -140,13 +140,7 @@ def read_utf8(path: Path) -> str:
 def read_jsonl_texts(path: Path) -> list[str]:
     """The "text" field of every record of a JSONL file (blank lines skipped)."""
     texts = []
-    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, record in iter_jsonl(path, read_utf8(path), DataError):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
         texts.append(normalize_newlines(record["text"]))
