@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from miniglm import engine
 from miniglm.config import SampleConfig, TrainConfig, load_config
 from miniglm.device import DTYPES, resolve_dtype
-from miniglm.model import MiniGLM
+from miniglm.generate import engine
+from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import train_tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrain"

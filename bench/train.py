@@ -10,13 +10,13 @@ the setting of its reference numbers; `--vocab 16000` is our tokenizer's default
 transformers gets our initial weights, copied by identical names), runs `--warmup` optimizer
 steps that are not timed, then `--steps` timed ones, each `--micro-batch` x 512 tokens x
 `--accum` micro-batches (default 4 x 512 x 4 = 8,192 tokens). Both use fused AdamW, gradient
-clipping at 1.0 and the same autocast; ours runs `miniglm.trainer.Stepper.step` (the trainer's own
+clipping at 1.0 and the same autocast; ours runs `miniglm.train.trainer.Stepper.step` (the trainer's own
 step), transformers a textbook `loss = model(input_ids, labels=...).loss; loss.backward()` loop.
 
 Printed per run: tokens/s (median step), peak memory (CPU: peak RSS of the child;
 CUDA: max_memory_allocated), and MFU against one peak per dtype for all contenders: on a CPU the
 measured rate of a 1024^2 matmul in that dtype through the fastest GEMM available (see
-miniglm.mfu), on a GPU the spec-sheet bf16 peak; the peaks are printed too. The last line is `ratio_vs_transformers: X.XX` for
+miniglm.train.mfu), on a GPU the spec-sheet bf16 peak; the peaks are printed too. The last line is `ratio_vs_transformers: X.XX` for
 the default dtype (the trainer's default: what dtype=auto picks on this machine).
 """
 
@@ -69,9 +69,9 @@ def measure(args, who: str, dtype_name: str) -> dict:
 
     from miniglm.config import ModelConfig
     from miniglm.device import resolve_device, tune_cpu_allocator
-    from miniglm.mfu import model_flops_per_token
-    from miniglm.model import MiniGLM
-    from miniglm.trainer import Stepper
+    from miniglm.model.model import MiniGLM
+    from miniglm.train.mfu import model_flops_per_token
+    from miniglm.train.trainer import Stepper
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,11 +162,11 @@ def run_child(args, who: str, dtype: str) -> dict:
 
 
 def matmul_peak(args, dtype_name: str) -> tuple[float, str]:
-    """The device's peak FLOP/s in `dtype_name` (see miniglm.mfu), measured here with the children's threads."""
+    """The device's peak FLOP/s in `dtype_name` (see miniglm.train.mfu), measured here with the children's threads."""
     import torch
 
     from miniglm.device import resolve_device
-    from miniglm.mfu import peak_flops
+    from miniglm.train.mfu import peak_flops
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from miniglm.config import ConfigError, ModelConfig, load_config
 from miniglm.errors import UserError
-from miniglm.model import MiniGLM
+from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
 
 FORMAT_VERSION = 1

@@ -79,7 +79,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def cpu_prefers_bf16() -> bool:
     """True if this CPU's bf16 matmul is clearly faster than float32 (measured, cached)."""
-    from miniglm.mfu import measure_matmul_peak
+    from miniglm.train.mfu import measure_matmul_peak
 
     return measure_matmul_peak("cpu", torch.bfloat16) > CPU_BF16_SPEEDUP * measure_matmul_peak("cpu", torch.float32)
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from miniglm import plot
 from miniglm.errors import UserError
+from miniglm.evaluate import plot
 from miniglm.jsonl import iter_jsonl
 
 

@@ -56,7 +56,7 @@ class ChatSession:
         self.history = []
 
     def turn(self, line: str) -> None:
-        from miniglm import textgen
+        from miniglm.generate import text as textgen
 
         if self.mode == "chat":
             ids, dropped = textgen.chat_prompt(self.tokenizer, self.history, line,
@@ -86,8 +86,8 @@ class ChatSession:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(SampleConfig, overrides=overrides_from_args(args))
-    from miniglm import textgen
     from miniglm.cli.sample import unescape
+    from miniglm.generate import text as textgen
 
     loaded = textgen.load_for_generation(args.run_dir, cfg)
     mode = pick_mode(args.mode, loaded.meta)

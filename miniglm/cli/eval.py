@@ -52,9 +52,9 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from miniglm import report as rep
-    from miniglm.evaluate import check_inputs
-    from miniglm.qa import load_qa
+    from miniglm.evaluate import report as rep
+    from miniglm.evaluate.heldout import check_inputs
+    from miniglm.evaluate.qa import load_qa
 
     if len(args.runs) > 2:
         raise UserError(f"at most two checkpoints can be compared, got {len(args.runs)}")

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.runs and not args.report:
         raise UserError("nothing to plot: give RUN_DIR(s) and/or --report FILE(s)")
-    from miniglm.plot import plot_runs
-    from miniglm.report import load_report
+    from miniglm.evaluate.plot import plot_runs
+    from miniglm.evaluate.report import load_report
 
     reports = [load_report(r) for r in args.report]
     if args.out:

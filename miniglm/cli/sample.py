@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(SampleConfig, overrides=overrides_from_args(args))
     prompts = read_prompts(args)
     stop = [unescape(s) for s in args.stop]
-    from miniglm import textgen
+    from miniglm.generate import text as textgen
 
     loaded = textgen.load_for_generation(args.run_dir, cfg)
     jobs = [(i, j, prompt) for i, prompt in enumerate(prompts) for j in range(args.num_samples)]
@@ -98,7 +98,7 @@ def run_chunk(loaded, chunk, cfg: SampleConfig, stop, chat: bool, streaming: boo
     """Generate one batch of (prompt index, sample index, prompt) jobs; print them; their records."""
     import dataclasses
 
-    from miniglm import textgen
+    from miniglm.generate import text as textgen
 
     model, tok = loaded.model, loaded.tokenizer
     texts = [prompt for _, _, prompt in chunk]

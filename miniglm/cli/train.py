@@ -89,7 +89,7 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
-    from miniglm.trainer import train
+    from miniglm.train.trainer import train
 
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if result["signal"]:

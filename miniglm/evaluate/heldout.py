@@ -1,0 +1,264 @@
+"""Held-out loss, perplexity and bits per character of a model, over a whole held-out set.
+
+Owns how held-out text is scored; Q&A evaluation is `miniglm.evaluate.qa`, the text metrics
+`miniglm.evaluate.metrics`, the report files `miniglm.evaluate.report`. Run it as
+`miniglm eval RUN_DIR [--data DIR] [--text FILE...] [--qa FILE]`.
+
+Held-out loss is computed over the WHOLE held-out set, never a sample of batches:
+- a token stream (`val.bin` of a prepared directory, or raw text files tokenized with the
+  checkpoint's tokenizer, each file followed by the end-of-text token like `prepare` does) is cut
+  into consecutive windows of `block = model context` targets: window k reads tokens
+  [k·block, (k+1)·block) and predicts tokens [k·block + 1, (k+1)·block + 1) (the last window may
+  be shorter). Every token except the very first one of the stream is predicted exactly once, so
+  `tokens_scored = N - 1`; a window's first predictions have short context (no stride/overlap),
+  which makes this a slight upper bound on the loss with unbounded context.
+- an SFT directory: every row of `val_ids.npy`, scoring exactly the masked (answer + end) tokens.
+loss = total nats / tokens scored; perplexity = exp(loss); bits per character =
+total nats / (characters · ln 2), with characters = `val_chars` from meta.json (the documents'
+Unicode characters, separators excluded), the files' characters for raw text, and for SFT the
+characters of the decoded answer tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from miniglm.errors import UserError
+from miniglm.model.model import MiniGLM
+from miniglm.tokenizer import Tokenizer
+
+LN2 = math.log(2.0)
+
+
+class EvalError(UserError, ValueError):
+    """Unusable evaluation input: a missing or malformed data, text or Q&A file."""
+
+
+@dataclass
+class LossResult:
+    """Loss over one held-out set; `rule` says exactly which tokens were scored."""
+
+    source: str
+    kind: str  # "pretrain" | "sft" | "text"
+    loss: float  # mean nats per scored token
+    perplexity: float
+    bpc: float | None
+    tokens_scored: int
+    total_nats: float
+    chars: int | None
+    windows: int
+    block_size: int
+    rule: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _result(source: str, kind: str, nats: float, scored: int, chars: int | None, windows: int,
+            block: int, rule: str) -> LossResult:
+    if scored == 0:
+        raise EvalError(f"{source}: no tokens to score")
+    loss = nats / scored
+    bpc = nats / (chars * LN2) if chars else None
+    return LossResult(source, kind, loss, math.exp(loss), bpc, scored, nats, chars, windows, block, rule)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to `dtype` for the forward passes of scoring (a no-op for float32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def model_device(model: MiniGLM) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------- held-out token streams
+
+
+@torch.no_grad()
+def score_stream(model: MiniGLM, tokens: np.ndarray, block: int, batch_size: int = 8,
+                 dtype: torch.dtype = torch.float32, progress: bool = False) -> tuple[float, int, int]:
+    """(total nats, tokens scored, windows) over consecutive windows of `block` targets."""
+    n = len(tokens)
+    starts = list(range(0, max(n - 1, 0), block))
+    device = model_device(model)
+    nats, scored = 0.0, 0
+    bar = tqdm(total=len(starts), desc="held-out windows", unit="win", disable=not progress)
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        lengths = {min(block, n - 1 - s) for s in group}
+        for length in sorted(lengths):  # only the last window can be shorter
+            rows = [s for s in group if min(block, n - 1 - s) == length]
+            window = np.stack([np.asarray(tokens[s:s + length + 1], dtype=np.int64) for s in rows])
+            w = torch.from_numpy(window).to(device)  # (B, length + 1)
+            with autocast(device, dtype):
+                logits, _ = model(w[:, :-1])  # (B, length, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].reshape(-1), reduction="sum")
+            nats += loss.item()
+            scored += w[:, 1:].numel()
+        bar.update(len(group))
+    bar.close()
+    return nats, scored, len(starts)
+
+
+def read_data_meta(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "meta.json"
+    if not path.is_file():
+        raise EvalError(f"{data_dir}: not a prepared data directory (no meta.json; make one with "
+                        f"`miniglm prepare` or `miniglm prepare-sft`)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("pretrain", "sft"):
+        raise EvalError(f"{path}: 'kind' must be 'pretrain' or 'sft'")
+    return meta
+
+
+def check_tokenizer(meta: dict[str, Any], tokenizer: Tokenizer, where: Path) -> None:
+    if meta.get("tokenizer_sha256") != tokenizer.sha256:
+        raise EvalError(f"{where}: data was tokenized with tokenizer {str(meta.get('tokenizer_sha256'))[:12]}, "
+                        f"the checkpoint uses {tokenizer.sha256[:12]} (prepare the data with the "
+                        f"checkpoint's tokenizer.json, or pass raw text with --text)")
+
+
+def heldout_pretrain(model: MiniGLM, data_dir: Path, meta: dict[str, Any], batch_size: int = 8,
+                     dtype: torch.dtype = torch.float32, progress: bool = False) -> LossResult:
+    path = data_dir / "val.bin"
+    if not path.is_file():
+        raise EvalError(f"{path}: not found")
+    try:
+        tokens = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")).newbyteorder("<"), mode="r")
+    except (TypeError, ValueError) as e:
+        raise EvalError(f"{path}: cannot read as {meta.get('dtype')} tokens ({e})") from None
+    if len(tokens) < 2:
+        raise EvalError(f"{path}: {len(tokens)} tokens, need at least 2")
+    block = model.config.max_position_embeddings
+    nats, scored, windows = score_stream(model, tokens, block, batch_size, dtype, progress)
+    rule = (f"all {len(tokens)} tokens of val.bin in consecutive windows of {block} targets; every "
+            f"token but the first is predicted once")
+    return _result(str(path), "pretrain", nats, scored, meta.get("val_chars"), windows, block, rule)
+
+
+def heldout_text(model: MiniGLM, tokenizer: Tokenizer, files: Sequence[Path], batch_size: int = 8,
+                 dtype: torch.dtype = torch.float32, progress: bool = False) -> LossResult:
+    ids: list[int] = []
+    chars = 0
+    for f in files:
+        try:
+            text = Path(f).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise EvalError(f"{f}: not found") from None
+        except UnicodeDecodeError as e:
+            raise EvalError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        ids += tokenizer.encode(text) + [tokenizer.eot_id]
+        chars += len(text)
+    if chars == 0:
+        raise EvalError(f"{', '.join(map(str, files))}: no text to score")
+    block = model.config.max_position_embeddings
+    nats, scored, windows = score_stream(model, np.asarray(ids, dtype=np.int64), block, batch_size, dtype, progress)
+    rule = (f"{len(files)} file(s), each followed by the end-of-text token: {len(ids)} tokens in windows "
+            f"of {block} targets; every token but the first is predicted once")
+    return _result(", ".join(map(str, files)), "text", nats, scored, chars, windows, block, rule)
+
+
+@torch.no_grad()
+def heldout_sft(model: MiniGLM, tokenizer: Tokenizer, data_dir: Path, meta: dict[str, Any],
+                batch_size: int = 8, dtype: torch.dtype = torch.float32, progress: bool = False) -> LossResult:
+    try:
+        ids = np.load(data_dir / "val_ids.npy", mmap_mode="r", allow_pickle=False)
+        mask = np.load(data_dir / "val_mask.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{data_dir}: cannot read val_ids.npy / val_mask.npy ({e})") from None
+    if ids.ndim != 2 or mask.shape != (ids.shape[0], ids.shape[1] - 1) or len(ids) == 0:
+        raise EvalError(f"{data_dir}: val arrays have shapes {ids.shape} and {mask.shape}, expected "
+                        f"(N, T + 1) and (N, T) with N > 0")
+    block = ids.shape[1] - 1
+    if block > model.config.max_position_embeddings:
+        raise EvalError(f"{data_dir}: rows of {block} tokens exceed the model's context "
+                        f"({model.config.max_position_embeddings})")
+    device = model_device(model)
+    nats, scored, chars = 0.0, 0, 0
+    for i in tqdm(range(0, len(ids), batch_size), desc="held-out rows", disable=not progress):
+        rows = torch.from_numpy(np.asarray(ids[i:i + batch_size], dtype=np.int64)).to(device)  # (B, T+1)
+        m = torch.from_numpy(np.asarray(mask[i:i + batch_size], dtype=np.float32)).to(device)  # (B, T)
+        with autocast(device, dtype):
+            logits, _ = model(rows[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].reshape(-1), reduction="none")
+        nats += (loss * m.reshape(-1)).sum().item()
+        scored += int(m.sum().item())
+        for y, keep in zip(rows[:, 1:].tolist(), m.bool().tolist()):
+            chars += len(tokenizer.decode([t for t, k in zip(y, keep) if k and t != tokenizer.eot_id]))
+    rule = f"the answer and end tokens (loss mask) of all {len(ids)} rows of val_ids.npy (rows of {block} targets)"
+    return _result(str(data_dir), "sft", nats, scored, chars, len(ids), block, rule)
+
+
+def training_characters(data_dirs: Sequence[str | Path], tokenizer: Tokenizer,
+                        chunk: int = 1 << 20) -> tuple[frozenset[str], list[str]]:
+    """Every character of the training split of prepared directories (pretrain or SFT) that were
+    tokenized with `tokenizer`; and the directories actually read (others are skipped)."""
+    chars: set[str] = set()
+    used = []
+    for d in map(Path, data_dirs):
+        try:
+            meta = read_data_meta(d)
+        except EvalError:
+            continue
+        if meta.get("tokenizer_sha256") != tokenizer.sha256:
+            continue
+        if meta["kind"] == "pretrain" and (d / "train.bin").is_file():
+            tokens = np.memmap(d / "train.bin", dtype=np.dtype(meta.get("dtype", "uint16")).newbyteorder("<"), mode="r")
+            for i in range(0, len(tokens), chunk):  # a character cut at a chunk edge is seen elsewhere
+                chars.update(tokenizer.decode(tokens[i:i + chunk].tolist(), skip_special_tokens=True))
+        elif meta["kind"] == "sft" and (d / "train_ids.npy").is_file():
+            ids = np.load(d / "train_ids.npy", mmap_mode="r", allow_pickle=False)
+            rows = max(1, chunk // max(ids.shape[1], 1))
+            for i in range(0, len(ids), rows):
+                for text in tokenizer.hf.decode_batch(ids[i:i + rows].tolist(), skip_special_tokens=True):
+                    chars.update(text)
+        else:
+            continue
+        used.append(str(d))
+    chars.discard("\ufffd")
+    return frozenset(c for c in chars if not c.isspace()), used
+
+
+def check_inputs(data_dir: str | Path | None, text_files: Sequence[str | Path]) -> None:
+    """Fail fast, before any checkpoint is loaded, on a missing/unprepared data dir or text file."""
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise EvalError(f"{data_dir}: data directory not found")
+        read_data_meta(Path(data_dir))
+    for f in text_files:
+        if not Path(f).is_file():
+            raise EvalError(f"{f}: not found")
+
+
+def evaluate_heldout(model: MiniGLM, tokenizer: Tokenizer, data_dir: str | Path | None = None,
+                     text_files: Sequence[str | Path] = (), batch_size: int = 8,
+                     dtype: torch.dtype = torch.float32, progress: bool = False) -> list[LossResult]:
+    """Loss results for a prepared (pretrain or SFT) directory and/or raw text files."""
+    results = []
+    if data_dir is not None:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise EvalError(f"{data_dir}: data directory not found")
+        meta = read_data_meta(data_dir)
+        check_tokenizer(meta, tokenizer, data_dir / "meta.json")
+        if meta["kind"] == "pretrain":
+            results.append(heldout_pretrain(model, data_dir, meta, batch_size, dtype, progress))
+        else:
+            results.append(heldout_sft(model, tokenizer, data_dir, meta, batch_size, dtype, progress))
+    if text_files:
+        results.append(heldout_text(model, tokenizer, [Path(f) for f in text_files], batch_size, dtype, progress))
+    return results
