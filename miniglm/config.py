@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import types
 import typing
@@ -308,10 +307,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text") from None
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid onto `base`, nested dicts merged key by key (neither argument is changed)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -343,7 +343,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, 
         data = raw
     if isinstance(overrides, list):
         overrides = parse_overrides(cls, overrides)
-    return _from_mapping(cls, _merge(data, overrides or {}))
+    return _from_mapping(cls, merge(data, overrides or {}))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -352,10 +352,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as JSON beside an artifact (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from miniglm.io import atomic_write_json
+
+    atomic_write_json(path, to_dict(cfg))
 
 
 # --------------------------------------------------------------------------- argparse glue

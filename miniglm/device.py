@@ -64,7 +64,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, scoring: bool = False) -> torch.dtype:
+    """The ONE dtype rule. `name` is the config's dtype; "auto" picks per device (module docstring).
+
+    scoring: for held-out losses and perplexities, "auto" stays float32 on a CPU even where bf16
+    is faster: scoring is a small cost next to training, and its numbers should not move with
+    the CPU's instruction set.
+    """
     if name != "auto":
         dtype = DTYPES[name]
         if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -72,7 +78,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
+    if device.type == "cpu" and not scoring:
         return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
     return torch.float32
 

@@ -13,6 +13,7 @@ exactly like the same prefix did in training.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,14 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = [EOT, PAD]
 USER_PREFIX = "问："
 ASSISTANT_PREFIX = "\n答："
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of GPT-2's `bytes_to_unicode` (the byte-level alphabet): printable bytes stand for
+    themselves, the other bytes for the characters 256, 257, ... in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
 
 
 class TokenizerError(UserError, ValueError):
@@ -73,10 +82,9 @@ class Tokenizer:
         return cls(hf, path)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.hf.save(str(tmp))
-        tmp.replace(path)
+        from miniglm.io import atomic_write
+
+        path = atomic_write(path, self.to_json())
         self.path = path
         return path
 
@@ -84,6 +92,14 @@ class Tokenizer:
     def sha256(self) -> str:
         """Hash of the serialized tokenizer: identifies it in data and checkpoint metadata."""
         return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()
+
+    def id_to_token(self, idx: int) -> str | None:
+        """The vocabulary entry of an id, in the tokenizer's own alphabet (byte-level: GPT-2's)."""
+        return self.hf.id_to_token(idx)
+
+    def to_json(self) -> str:
+        """The whole tokenizer as `tokenizer.json` text (what `save` writes)."""
+        return self.hf.to_str(pretty=True)
 
     @property
     def vocab_size(self) -> int:
@@ -99,6 +115,31 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = False) -> list[str]:
+        return self.hf.decode_batch([list(r) for r in rows], skip_special_tokens=skip_special_tokens)
+
+    @functools.cached_property
+    def token_bytes(self) -> list[bytes] | None:
+        """id -> the bytes it stands for, if this is a byte-level tokenizer (special tokens -> b"").
+
+        None for other tokenizers (e.g. a foreign tokenizer.json with a different decoder).
+        Lets a streaming decoder work byte by byte without re-decoding windows of ids.
+        """
+        if type(self.hf.decoder).__name__ != "ByteLevel":
+            return None
+        to_byte = _unicode_to_byte()
+        added = self.hf.get_added_tokens_decoder()
+        table = []
+        for i in range(self.vocab_size):
+            if i in added:
+                table.append(b"" if added[i].special else added[i].content.encode("utf-8"))
+                continue
+            piece = self.hf.id_to_token(i) or ""
+            if any(ch not in to_byte for ch in piece):
+                return None
+            table.append(bytes(to_byte[ch] for ch in piece))
+        return table
 
     # ------------------------------------------------------------------ the chat template
     def render_conversation(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:

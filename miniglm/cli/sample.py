@@ -16,7 +16,6 @@ whole run.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from miniglm.cli.common import Parser
 from miniglm.config import SampleConfig, add_config_arguments, load_config, overrides_from_args
 from miniglm.errors import UserError
+from miniglm.io import atomic_write
 from miniglm.tokenizer import ASSISTANT_PREFIX, USER_PREFIX
 
 
@@ -132,11 +132,7 @@ def print_header(i: int, j: int, prompt: str, chat: bool) -> None:
 def write_jsonl(path: Path, records: list[dict]) -> None:
     """All records at once, via a temporary file and a rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 if __name__ == "__main__":

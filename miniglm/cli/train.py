@@ -31,6 +31,7 @@ from miniglm.config import (
     TrainConfig,
     add_config_arguments,
     load_config,
+    merge,
     overrides_from_args,
     parse_overrides,
 )
@@ -64,7 +65,7 @@ def resolve_config(args) -> TrainConfig:
     if args.resume and not args.config:
         if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
-        return load_config(TrainConfig, overrides=_deep_merge(read_saved_config(Path(args.out)),
+        return load_config(TrainConfig, overrides=merge(read_saved_config(Path(args.out)),
                                                               parse_overrides(TrainConfig, overrides)))
     return load_config(TrainConfig, args.config, overrides)
 
@@ -77,13 +78,6 @@ def read_saved_config(run_dir: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: invalid JSON ({e})") from None
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from urllib.request import Request, urlopen
 
 from miniglm.data import DataError
 from miniglm.data.text import CleanStats, clean_text, decode_bytes
+from miniglm.io import atomic_write
 from miniglm.tokenizer import file_sha256
 
 DEFAULT_OUT = "data/raw"
@@ -215,18 +216,12 @@ def download(url: str, part: Path, *, size: int | None = None, sha256: str | Non
 # --------------------------------------------------------------------------- decode, clean, write
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    tmp.replace(path)
-
-
 def convert(data: bytes, origin: str, dest: Path) -> FetchedFile:
     """Raw bytes -> cleaned UTF-8 text at `dest` (written atomically)."""
     text, encoding = decode_bytes(data, origin)
     text, stats = clean_text(text)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(dest, text)
+    atomic_write(dest, text)
     return FetchedFile(dest, origin, encoding, len(text), stats)
 
 

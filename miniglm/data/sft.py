@@ -15,8 +15,6 @@ closes an answer. Padding (pad_id) and prompts are never trained.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 from miniglm.config import SFTDataConfig, save_config
 from miniglm.data.sft_input import BadInput, Example, SFTDataError, Turns, read_examples
+from miniglm.io import atomic_dir, atomic_write_json
 from miniglm.tokenizer import Tokenizer
 
 __all__ = ["RULE", "SFTDataError", "SFTResult", "Rendered", "render_example", "build_rows", "prepare_sft",
@@ -242,29 +241,13 @@ def _write_dir(out: Path, tok: Tokenizer, cfg: SFTDataConfig, meta: dict[str, An
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_sft_dir(out))):
         raise SFTDataError(f"refusing to replace {out}: it is not a prepared SFT directory "
                            "(remove it or choose another --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         for split, (ids, mask) in arrays.items():
             np.save(tmp / f"{split}_ids.npy", ids, allow_pickle=False)
             np.save(tmp / f"{split}_mask.npy", mask, allow_pickle=False)
-        tok.hf.save(str(tmp / "tokenizer.json"))
+        tok.save(tmp / "tokenizer.json")
         save_config(cfg, tmp / "config.json")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        if out.exists():
-            out.rename(old)  # one complete copy exists at every moment: old, then new
-        try:
-            tmp.rename(out)
-        except OSError:
-            if old.exists():
-                old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_json(tmp / "meta.json", meta)
 
 
 def _is_sft_dir(path: Path) -> bool:

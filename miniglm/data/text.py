@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miniglm.data import DataError
-from miniglm.jsonl import iter_jsonl
+from miniglm.io import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 UNITS = ("document", "chapter", "paragraph")

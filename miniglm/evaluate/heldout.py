@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from miniglm.errors import UserError
@@ -64,12 +63,20 @@ class LossResult:
         return asdict(self)
 
 
+def bits_per_char(total_nats: float, chars: int | None) -> float | None:
+    """Bits per character of a text whose tokens cost `total_nats` in all (None without a character count).
+
+    The one conversion: comparable across tokenizers, since it counts the text, not the tokens.
+    """
+    return total_nats / (chars * LN2) if chars else None
+
+
 def _result(source: str, kind: str, nats: float, scored: int, chars: int | None, windows: int,
             block: int, rule: str) -> LossResult:
     if scored == 0:
         raise EvalError(f"{source}: no tokens to score")
     loss = nats / scored
-    bpc = nats / (chars * LN2) if chars else None
+    bpc = bits_per_char(nats, chars)
     return LossResult(source, kind, loss, math.exp(loss), bpc, scored, nats, chars, windows, block, rule)
 
 
@@ -102,9 +109,8 @@ def score_stream(model: MiniGLM, tokens: np.ndarray, block: int, batch_size: int
             window = np.stack([np.asarray(tokens[s:s + length + 1], dtype=np.int64) for s in rows])
             w = torch.from_numpy(window).to(device)  # (B, length + 1)
             with autocast(device, dtype):
-                logits, _ = model(w[:, :-1])  # (B, length, V)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].reshape(-1), reduction="sum")
-            nats += loss.item()
+                _, token_loss = model(w[:, :-1], w[:, 1:], reduction="none")  # (B, length) nats
+            nats += token_loss.double().sum().item()
             scored += w[:, 1:].numel()
         bar.update(len(group))
     bar.close()
@@ -193,9 +199,8 @@ def heldout_sft(model: MiniGLM, tokenizer: Tokenizer, data_dir: Path, meta: dict
         rows = torch.from_numpy(np.asarray(ids[i:i + batch_size], dtype=np.int64)).to(device)  # (B, T+1)
         m = torch.from_numpy(np.asarray(mask[i:i + batch_size], dtype=np.float32)).to(device)  # (B, T)
         with autocast(device, dtype):
-            logits, _ = model(rows[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].reshape(-1), reduction="none")
-        nats += (loss * m.reshape(-1)).sum().item()
+            _, token_loss = model(rows[:, :-1], rows[:, 1:], m, reduction="none")  # (B, T), 0 off the mask
+        nats += token_loss.double().sum().item()
         scored += int(m.sum().item())
         for y, keep in zip(rows[:, 1:].tolist(), m.bool().tolist()):
             chars += len(tokenizer.decode([t for t, k in zip(y, keep) if k and t != tokenizer.eot_id]))
@@ -224,7 +229,7 @@ def training_characters(data_dirs: Sequence[str | Path], tokenizer: Tokenizer,
             ids = np.load(d / "train_ids.npy", mmap_mode="r", allow_pickle=False)
             rows = max(1, chunk // max(ids.shape[1], 1))
             for i in range(0, len(ids), rows):
-                for text in tokenizer.hf.decode_batch(ids[i:i + rows].tolist(), skip_special_tokens=True):
+                for text in tokenizer.decode_batch(ids[i:i + rows].tolist(), skip_special_tokens=True):
                     chars.update(text)
         else:
             continue

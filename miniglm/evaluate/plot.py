@@ -20,13 +20,15 @@ labels are not drawn as boxes; without one the figures are still drawn.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from miniglm.errors import UserError
-from miniglm.jsonl import iter_jsonl
+from miniglm.io import atomic_write
+from miniglm.train.run import read_metrics as read_run_metrics
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei",
              "Noto Serif CJK SC", "SimHei")
@@ -60,19 +62,13 @@ def read_metrics(run_dir: str | Path) -> RunMetrics:
         what = "run directory not found" if not run_dir.exists() else "no metrics.jsonl (not a run directory made by `miniglm train`?)"
         raise PlotError(f"{run_dir}: {what}")
     run = RunMetrics(run_dir.resolve().name, run_dir)
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for lineno, rec in iter_jsonl(path, text, PlotError, allow_torn_tail=True):  # a killed run may tear the last line
-        if not isinstance(rec, dict) or not isinstance(rec.get("type"), str):
-            raise PlotError(f"{path}:{lineno}: expected a JSON object with a \"type\"")
-        kind = rec["type"]
-        if kind in ("train", "eval") and not isinstance(rec.get("step"), int):
-            raise PlotError(f"{path}:{lineno}: a {kind} record needs an integer \"step\"")
-        if kind == "start":
+    for rec in read_run_metrics(path, PlotError):  # the run directory's one reader
+        if rec["type"] == "start":
             run.mode = rec.get("mode") or run.mode
             run.init_from = rec.get("init_from")
-        elif kind == "train":
+        elif rec["type"] == "train":
             run.train.append(rec)
-        elif kind == "eval":
+        elif rec["type"] == "eval":
             run.evals.append(rec)
     if not run.train and not run.evals:
         raise PlotError(f"{path}: no train or eval records to plot")
@@ -131,12 +127,10 @@ def _finish(ax, title: str, xlabel: str, ylabel: str, log: bool = False) -> None
 
 def save_figure(fig, path: str | Path) -> Path:
     """Write a PNG atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
+    buf = io.BytesIO()
     with style():
-        fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+        fig.savefig(buf, format="png")
+    return atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- training curves

@@ -16,6 +16,7 @@ Owns how a Q&A file is read and how a model is judged on it:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -24,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from miniglm.evaluate import metrics
 from miniglm.evaluate.heldout import EvalError, autocast, model_device
-from miniglm.jsonl import iter_jsonl
+from miniglm.io import iter_jsonl
 from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
 
@@ -106,9 +106,8 @@ def answer_losses(model: MiniGLM, tokenizer: Tokenizer, items: Sequence[QAItem],
             x[b, :n], y[b, :n], m[b, :n] = torch.tensor(ids[:-1]), torch.tensor(ids[1:]), torch.tensor(mask[1:])
         x, y, m = x.to(device), y.to(device), m.to(device)
         with autocast(device, dtype):
-            logits, _ = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1), reduction="none").view_as(m) * m
-        out += [(loss[b].sum().item(), int(m[b].sum().item())) for b in range(len(batch))]
+            _, loss = model(x, y, m, reduction="none")  # (B, T) nats, 0 off the answer
+        out += [(loss[b].double().sum().item(), int(m[b].sum().item())) for b in range(len(batch))]
     return out, cut
 
 
@@ -205,14 +204,14 @@ def evaluate_qa(model: MiniGLM, tokenizer: Tokenizer, items: Sequence[QAItem], c
                 training_chars: frozenset[str] | None = None, training_source: str = "") -> dict[str, Any]:
     """Teacher-forced reference loss, generated answers, their scores and flags, speed.
 
-    `generation_dtype`: cast the model's weights to it (in place) after the losses, before generating.
+    `generation_dtype`: generate with a copy of the model in this dtype (the caller's model is not changed).
     `speed_probe`: how many questions to answer again one at a time for the single-stream speed.
     `training_chars`: characters of the model's training data; with the characters of the
     vocabulary's tokens they form the seen set of the garbled flag (vocabulary alone when None).
     """
     losses, cut = answer_losses(model, tokenizer, items, batch_size, dtype)
-    if generation_dtype is not None:
-        model.to(generation_dtype)
+    if generation_dtype is not None and generation_dtype != next(model.parameters()).dtype:
+        model = copy.deepcopy(model).to(generation_dtype)  # generate as `sample`/`chat` would
     gens, wall = generate_answers(model, tokenizer, [it.question for it in items], cfg, batch_size, progress)
     seen = metrics.seen_characters(tokenizer.decode([i], skip_special_tokens=True)
                                    for i in range(tokenizer.vocab_size))

@@ -9,8 +9,9 @@ report.json:
     {"report": "miniglm-eval", "format_version": 1, "created": ISO time, "settings": {...},
      "runs": [{"name", "run", "checkpoint", "step", "params", "device", "dtype",
                "heldout": [LossResult...], "qa": {"summary": {...}, "items": [...]} | null,
-               "summary": {metric: value}}],
-     "comparison": {metric: {"a", "b", "delta"}} | null}
+               "summary": {metric: value}, "judge": {...} (only after `miniglm judge`)}],
+     "comparison": {metric: {"a", "b", "delta"}} | null,
+     "judge": {"settings", "usage", "pairwise"} (only after `miniglm judge`; see evaluate/judge.py)}
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from miniglm.errors import UserError
 from miniglm.evaluate import metrics
+from miniglm.io import atomic_write
 
 if TYPE_CHECKING:  # torch and the model are imported only when evaluating, not to read a report
-    import torch
 
     from miniglm.evaluate.qa import QAItem
 
@@ -39,19 +40,6 @@ class ReportError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------- running
-
-
-def eval_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype of the loss computations: `auto` = bfloat16 on CUDA GPUs that have it, else float32."""
-    import torch
-
-    from miniglm.device import DTYPES
-
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def default_data(run: str | Path) -> Path:
@@ -114,7 +102,7 @@ def evaluate_run(run: str | Path, data_dir: str | Path | None, text_files: Seque
 
     device = resolve_device(cfg.device)
     loaded = load_checkpoint(run, device=device, which=which)  # float32 weights for the losses
-    dtype = eval_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg.dtype, device, scoring=True)
     heldout = evaluate_heldout(loaded.model, loaded.tokenizer, data_dir, text_files, batch_size, dtype, progress)
     qa, gen_dtype = None, None
     if qa_items:
@@ -165,19 +153,27 @@ def summary_metrics(run: dict[str, Any]) -> dict[str, float | int | None]:
             out |= {"chars/s (one at a time)": one["chars_per_second"],
                     "tokens/s (one at a time)": one["tokens_per_second"],
                     "time to first token (s, one at a time, median)": one["first_token_seconds_median"]}
+    if run.get("judge"):  # grades of `miniglm judge`
+        from miniglm.evaluate.judge import summary_rows
+
+        out |= summary_rows(run["judge"])
     return out
 
 
+def compare_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """Each summary metric of two runs side by side with the delta (second - first); None for one run."""
+    if len(runs) != 2:
+        return None
+    a, b = runs[0]["summary"], runs[1]["summary"]
+    return {k: {"a": a.get(k), "b": b.get(k),
+                "delta": b[k] - a[k] if a.get(k) is not None and b.get(k) is not None else None}
+            for k in dict.fromkeys([*a, *b])}
+
+
 def build_report(runs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
-    comparison = None
-    if len(runs) == 2:
-        a, b = runs[0]["summary"], runs[1]["summary"]
-        comparison = {k: {"a": a.get(k), "b": b.get(k),
-                          "delta": b[k] - a[k] if a.get(k) is not None and b.get(k) is not None else None}
-                      for k in dict.fromkeys([*a, *b])}
     return {"report": REPORT_KIND, "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": {**metrics.settings(), **settings}, "runs": list(runs), "comparison": comparison}
+            "settings": {**metrics.settings(), **settings}, "runs": list(runs), "comparison": compare_runs(runs)}
 
 
 # --------------------------------------------------------------------------- markdown
@@ -259,16 +255,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         if best:
             lines += ["", f"## {r['name']}: the {len(best)} best answers by Rouge-L", "",
                       *[x for a in best for x in _answer_block(a)]]
+    if report.get("judge"):
+        from miniglm.evaluate.judge import markdown_lines
+
+        lines += markdown_lines(report)
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -276,8 +270,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js, md = out / "report.json", out / "report.md"
-    _write_atomic(js, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _write_atomic(md, render_markdown(report))
+    atomic_write(js, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(md, render_markdown(report))
     return js, md
 
 

@@ -7,8 +7,8 @@ Token ids in, token ids out; no text, no HTTP (the text layer is `miniglm.genera
 
 How a generation runs (`Decoder`):
 - prefill: all prompts go through the network at once and fill a preallocated per-layer cache
-  (`model.KVCache`); then each step feeds only the newest token of each row (no recomputation).
-  The fast path is `miniglm.model.inference.InferenceModel` (fused, oneDNN-packed weights).
+  (`MiniGLM.new_cache`); then each step feeds only the newest token of each row (no recomputation),
+  through the model's own forward with its decode-time (fused, packed) weights.
 - batches: prompts of different lengths are LEFT-padded; each row gets `position_ids` that start
   at 0 on its first real token and an attention mask that hides its padding, so a row's tokens are
   the ones it would get alone (greedy; up to float rounding). Finished rows leave the batch.
@@ -44,7 +44,6 @@ from dataclasses import dataclass
 import torch
 
 from miniglm.config import SampleConfig
-from miniglm.model.inference import InferenceModel
 from miniglm.model.model import MiniGLM
 
 
@@ -193,22 +192,23 @@ class _CachedForward:
     """The fast path: one prefill into a preallocated KV cache, then one position per step."""
 
     def __init__(self, model: MiniGLM, max_len: int):
-        self.im = InferenceModel.of(model)
+        self.model = model
+        self.device = model.model.embed_tokens.weight.device
         self.max_len = max_len
         self.cache = None
         self.valid = None  # (B, max_len) bool: which cache positions hold real tokens; None = no padding
 
     def start(self, rows: list[list[int]]) -> torch.Tensor:
-        B, P, dev = len(rows), max(map(len, rows)), self.im.device
+        B, P, dev = len(rows), max(map(len, rows)), self.device
         if self.cache is None or self.cache.k[0].size(0) != B:
-            self.cache = self.im.new_cache(B, self.max_len)
+            self.cache = self.model.new_cache(B, self.max_len)
         self.cache.reset()
         ids = torch.tensor([[0] * (P - len(r)) + r for r in rows], device=dev)  # (B, P) left-padded
         lens = torch.tensor([len(r) for r in rows], device=dev)
         self.next_pos = lens.clone()
         if bool((lens == P).all()):
             self.valid = None
-            return self.im.forward(ids, self.cache)[:, -1]
+            return self._forward(ids)
         pad = (P - lens).unsqueeze(1)  # (B, 1)
         arange = torch.arange(P, device=dev)
         positions = (arange.unsqueeze(0) - pad).clamp(min=0)  # (B, P): 0 at each row's first real token
@@ -217,25 +217,30 @@ class _CachedForward:
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         # a padding query may see itself, so no softmax row is empty (its output is never used)
         mask = (causal & self.valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=dev)
-        return self.im.forward(ids, self.cache, positions, mask.unsqueeze(1))[:, -1]
+        return self._forward(ids, positions, mask.unsqueeze(1))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         ids = tokens.unsqueeze(1)  # (B, 1)
         if self.valid is None:
-            logits = self.im.forward(ids, self.cache)
+            logits = self._forward(ids)
         else:
             S = self.cache.pos + 1
             self.valid[:, S - 1] = True
-            logits = self.im.forward(ids, self.cache, self.next_pos.unsqueeze(1), self.valid[:, None, None, :S])
+            logits = self._forward(ids, self.next_pos.unsqueeze(1), self.valid[:, None, None, :S])
         self.next_pos += 1
-        return logits[:, -1]
+        return logits
+
+    def _forward(self, ids, positions=None, mask=None) -> torch.Tensor:
+        """(B, V) float32 logits of each row's last position."""
+        logits, _ = self.model(ids, kv_cache=self.cache, position_ids=positions, attn_mask=mask, last_only=True)
+        return logits[:, -1].float()
 
     @property
     def full(self) -> bool:
         return self.cache.pos >= self.max_len
 
     def keep(self, rows: list[int]) -> None:
-        index = torch.tensor(rows, device=self.im.device)
+        index = torch.tensor(rows, device=self.device)
         c = self.cache
         c.k = [t.index_select(0, index) for t in c.k]
         c.v = [t.index_select(0, index) for t in c.v]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import codecs
 import time
-import weakref
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +37,6 @@ from miniglm.tokenizer import Tokenizer
 
 REPLACEMENT = "\ufffd"
 
-# tokenizer -> bytes of every id (None: not a byte-level tokenizer); built once per tokenizer
-_BYTE_TABLES: weakref.WeakKeyDictionary[Tokenizer, list[bytes] | None] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -62,42 +59,12 @@ class Generation:
         return len(self.token_ids) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _byte_table(tokenizer: Tokenizer) -> list[bytes] | None:
-    """id -> the bytes it stands for, if `tokenizer` is byte-level (special tokens -> b"")."""
-    if tokenizer in _BYTE_TABLES:
-        return _BYTE_TABLES[tokenizer]
-    table: list[bytes] | None = None
-    if type(tokenizer.hf.decoder).__name__ == "ByteLevel":
-        to_byte = _unicode_to_byte()
-        added = tokenizer.hf.get_added_tokens_decoder()
-        table = []
-        for i in range(tokenizer.vocab_size):
-            if i in added:
-                table.append(b"" if added[i].special else added[i].content.encode("utf-8"))
-                continue
-            piece = tokenizer.hf.id_to_token(i) or ""
-            if any(ch not in to_byte for ch in piece):
-                table = None
-                break
-            table.append(bytes(to_byte[ch] for ch in piece))
-    _BYTE_TABLES[tokenizer] = table
-    return table
-
-
-def _unicode_to_byte() -> dict[str, int]:
-    """Inverse of GPT-2's `bytes_to_unicode` (the byte-level alphabet): printable bytes stand for
-    themselves, the other bytes for the characters 256, 257, ... in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
-
-
 class TextDecoder:
     """Incremental detokenizer: `push(ids)` returns only text made of complete characters."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.table = _byte_table(tokenizer)
+        self.table = tokenizer.token_bytes
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self.window: list[int] = []  # generic path: ids since the last character boundary
         self.sent = 0  # generic path: chars of decode(window) already returned

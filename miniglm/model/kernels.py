@@ -9,6 +9,10 @@
   softmax, in two query blocks so the masked upper-right quarter is never computed (about 2.5x
   faster, forward + backward, than the CPU flash-attention kernel behind SDPA at T = 512);
   elsewhere `F.scaled_dot_product_attention(is_causal=True)`, which is also the reference.
+- `pack_linear(weight)`: the weight of a decode-time matrix-vector product, reordered once into
+  oneDNN's blocked layout where that pays off (float32, or bf16 on CPUs with bf16 instructions):
+  for one token the default BLAS path reads a (V, C) matrix at well under half the memory
+  bandwidth oneDNN reaches. Small float32 matrices keep the default kernel (lower fixed cost).
 - `linear_cross_entropy(h, weight, targets, mask)` = `masked_cross_entropy(h @ weight.T, ...)` computed
   256 rows at a time, so the (N, V) float32 logits are never materialised: on a CPU the 0.5 GB of
   logits of an 8k-token step, their softmax and its gradient cost more than all the head's matmuls.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -128,19 +133,34 @@ def _two_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         loss_mask: torch.Tensor | None = None, chunk: int = 0) -> torch.Tensor:
-    """sum(mask * cross_entropy(h @ weight.T, targets)) / max(sum(mask), 1) without the (N, V) logits.
+                         loss_mask: torch.Tensor | None = None, chunk: int = 0,
+                         reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the logits h @ weight.T against `targets`, without the (N, V) logits.
 
-    h (N, C), weight (V, C), targets (N,), loss_mask (N,) or None (= plain mean). Under autocast
-    the matmuls run in the autocast dtype and the softmax in float32, as with the reference.
-    `chunk` rows at a time; 0 = as many as keep a chunk's float32 logits at about 16 MB on a CPU
-    (in cache) and 256 MB on a GPU (few, large kernels).
+    h (N, C), weight (V, C), targets (N,), loss_mask (N,) or None. reduction="mean":
+    sum(mask * token_loss) / max(sum(mask), 1) (no mask = plain mean), differentiable;
+    reduction="none": the (N,) float32 token losses (mask applied as a factor), for scoring
+    without gradients. Under autocast the matmuls run in the autocast dtype and the softmax in
+    float32. `chunk` rows at a time; 0 = as many as keep a chunk's float32 logits at about 16 MB
+    on a CPU (in cache) and 256 MB on a GPU (few, large kernels).
     """
     device_type = h.device.type
     compute = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
     budget = 1 << 22 if device_type == "cpu" else 1 << 26  # float32 logits per chunk
     chunk = chunk or max(16, budget // weight.size(0))
-    return _LinearCrossEntropy.apply(h, weight, targets, loss_mask, chunk, compute)
+    if reduction == "mean":
+        return _LinearCrossEntropy.apply(h, weight, targets, loss_mask, chunk, compute)
+    if reduction != "none":
+        raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        raise ValueError("reduction='none' is for scoring: call it under torch.no_grad()")
+    with torch.autocast(device_type, enabled=False):
+        w, hc = weight.to(compute), h.to(compute)
+        out = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
+        for s in range(0, h.size(0), chunk):
+            logits = matmul_nt(hc[s:s + chunk], w).float()  # (n, V)
+            out[s:s + chunk] = logits.logsumexp(dim=1) - logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
+    return out if loss_mask is None else out * loss_mask.float()
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -189,3 +209,55 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = None if grad_h is None else grad_h.to(h_dtype).mul_(grad_out)
         dw = None if grad_w is None else grad_w.to(w_dtype).mul_(grad_out)
         return dh, dw, None, None, None, None
+
+
+# --------------------------------------------------------------------------- decode-time packed weights
+
+LinearFn = Callable[[torch.Tensor], torch.Tensor]  # x (..., C_in) -> (..., C_out)
+# float32 matrices smaller than this stay with the default kernel: a packed call costs ~10 us of
+# fixed overhead, more than the whole product of a small matrix (bf16 always gains)
+PACK_MIN_FLOAT32 = 1 << 18
+
+
+def onednn_packs(device: torch.device, dtype: torch.dtype) -> bool:
+    """True if oneDNN can run packed linear layers for this device and dtype (checked on a tiny case)."""
+    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    return _onednn_works(dtype)
+
+
+@functools.cache
+def _onednn_works(dtype: torch.dtype) -> bool:
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        w = torch.linspace(-1, 1, 128).view(8, 16).to(dtype)  # no torch.randn: the global RNG stays untouched
+        x = torch.linspace(1, -1, 32).view(2, 16).to(dtype)
+        y = _onednn_linear(w)(x)
+        return bool(torch.allclose(y.float(), F.linear(x, w).float(), atol=1e-2, rtol=1e-2))
+    except (AttributeError, RuntimeError, NotImplementedError):  # op missing in this torch build
+        return False
+
+
+def _onednn_linear(weight: torch.Tensor) -> LinearFn:
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+    op = torch.ops.mkldnn._linear_pointwise.default  # the overload itself: skips a dispatch step per call
+    return lambda x: op(x, packed, None, "none", [], "")
+
+
+def _plain_linear(weight: torch.Tensor) -> LinearFn:
+    weight = weight.detach().contiguous()
+    return lambda x: F.linear(x, weight)
+
+
+def pack_linear(weight: torch.Tensor, packed: bool | None = None) -> LinearFn:
+    """x -> x @ weight.T for inference (no autograd) with the weight laid out once for speed.
+
+    packed: None = oneDNN where it pays off (see PACK_MIN_FLOAT32), True = oneDNN whenever it
+    works here, False = the default kernel.
+    """
+    can = onednn_packs(weight.device, weight.dtype) if packed is not False else False
+    small = packed is None and weight.dtype == torch.float32 and weight.numel() < PACK_MIN_FLOAT32
+    return _onednn_linear(weight) if can and not small else _plain_linear(weight)

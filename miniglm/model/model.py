@@ -1,4 +1,4 @@
-"""The MiniGLM transformer, top to bottom in one file.
+"""The MiniGLM transformer, top to bottom in one file: the ONE definition of the network.
 
 A Llama-style decoder: token embedding -> N x [RMSNorm -> causal self-attention with rotary
 position embedding -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head tied to
@@ -9,11 +9,21 @@ the embedding. Module and parameter names are Hugging Face Llama's (`model.embed
 Shape letters: B batch, T query length, S key length (cache + T), C hidden size, H query heads,
 K key/value heads, D head size, V vocabulary.
 
-This file knows nothing of training or generation loops: it computes logits, or, given targets,
-the masked loss (`(None, loss)`: the loss is computed chunk by chunk from the final hidden states
-and the (B, T, V) logits are never materialised, see `miniglm.model.kernels`), and, when handed a
-`KVCache`, appends to it. The matmuls go through `kernels.Linear` (an `nn.Linear` with a faster
-float32 CPU path); `masked_cross_entropy` below is the plain reference for the loss.
+One forward serves training, scoring and decoding (`MiniGLM.forward`):
+- with targets it returns the loss, computed chunk by chunk from the final hidden states so the
+  (B, T, V) logits are never materialised (`kernels.linear_cross_entropy`): the masked mean for
+  training, or per-token losses (`reduction="none"`) for evaluation;
+- without targets it returns logits (all positions, or the last one with `last_only`);
+- with a `KVCache` (from `new_cache`) it appends this call's keys/values and attends over the
+  cache; `position_ids` + `attn_mask` let rows of different lengths share one cache (left padding).
+Decoding is memory-bound (every weight is read once per token), so `new_cache` also lays the
+weights out for it (`fuse`): q/k/v fused into one matrix and gate/up into another (4 products per
+block instead of 7), each packed for oneDNN where that pays off (`kernels.pack_linear`). The fused
+weights are derived from the parameters, rebuilt whenever a parameter changes, and used only on
+the cached path; the arithmetic is the same (tests compare both paths, and both with transformers).
+On a CPU the cache holds float32 keys/values whatever the weights' dtype, and attention over it
+runs in float32, where CPU kernels are several times faster for one query than in bfloat16.
+This file knows nothing of training or generation loops.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from miniglm.config import ModelConfig
-from miniglm.model.kernels import Linear, causal_attention, linear_cross_entropy
+from miniglm.model.kernels import Linear, LinearFn, causal_attention, linear_cross_entropy, pack_linear
 
 
 class RMSNorm(nn.Module):
@@ -75,6 +85,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
         self.max_len = max_len
         self.pos = 0  # positions filled so far (advanced by the model after the last layer)
+        self.weights_key: object | None = None  # set by MiniGLM.new_cache: decode with the fused weights
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.size(2)
@@ -99,33 +110,43 @@ class Attention(nn.Module):
         self.k_proj = Linear(C, self.n_kv * self.head_dim, bias=False)
         self.v_proj = Linear(C, self.n_kv * self.head_dim, bias=False)
         self.o_proj = Linear(self.n_head * self.head_dim, C, bias=False)
+        self.fused: tuple[LinearFn, LinearFn] | None = None  # (qkv, o) for decoding; see MiniGLM.fuse
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None):
+    def fuse(self, packed: bool | None) -> None:
+        qkv = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2K)D, C)
+        self.fused = (pack_linear(qkv, packed), pack_linear(self.o_proj.weight, packed))
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                fused: bool = False):
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        H, K, D = self.n_head, self.n_kv, self.head_dim
+        if fused:  # decoding: one product for q, k and v
+            q, k, v = self.fused[0](x).view(B, T, H + 2 * K, D).transpose(1, 2).split([H, K, K], dim=1)
+        else:
+            q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+            k = self.k_proj(x).view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+            v = self.v_proj(x).view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # rotate in the compute dtype (bf16 under autocast)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = 0
-        if kv_cache is not None:
+        if kv_cache is None:
+            y = causal_attention(*self._repeat_kv(q, k, v)) if attn_mask is None else \
+                F.scaled_dot_product_attention(*self._repeat_kv(q, k, v), attn_mask=attn_mask)
+        else:
             past = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D)
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D) in the cache's dtype
+            q, k, v = self._repeat_kv(q.to(k.dtype), k, v)
+            causal = attn_mask is None and T > 1 and past == 0
+            if attn_mask is None and T > 1 and past > 0:  # a chunk after a cached prefix: causal with an offset
+                attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal).to(x.dtype)
+        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+        return self.fused[1](y) if fused else self.o_proj(y)
+
+    def _repeat_kv(self, q, k, v):
         if self.n_kv != self.n_head:  # grouped-query attention: share each K/V head among H/K query heads
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        if attn_mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        elif past == 0:
-            y = causal_attention(q, k, v)
-        elif T == 1:  # one new token attends to everything cached
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk appended after a cached prefix: causal with an offset
-            S = k.size(2)
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, C)
-        return self.o_proj(y)
+        return q, k, v
 
 
 class MLP(nn.Module):
@@ -137,7 +158,16 @@ class MLP(nn.Module):
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x):
+        self.fused: tuple[LinearFn, LinearFn] | None = None  # (gate_up, down) for decoding
+
+    def fuse(self, packed: bool | None) -> None:
+        gate_up = torch.cat([self.gate_proj.weight, self.up_proj.weight])  # (2I, C)
+        self.fused = (pack_linear(gate_up, packed), pack_linear(self.down_proj.weight, packed))
+
+    def forward(self, x, fused: bool = False):
+        if fused:
+            gate, up = self.fused[0](x).chunk(2, dim=-1)
+            return self.fused[1](F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -149,9 +179,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, kv_cache=None, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask)
-        x = x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, kv_cache=None, attn_mask=None, fused=False):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask, fused)
+        x = x + self.mlp(self.post_attention_layernorm(x), fused)
         return x
 
 
@@ -180,6 +210,8 @@ class MiniGLM(nn.Module):
         cos, sin = rotary_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self._fused_key: tuple | None = None  # what the decode-time weights were built from (see fuse)
+        self.fused_head: LinearFn | None = None
         self.apply(self._init_weights)
         # GPT-2 style: scale the projections that write into the residual stream by 1/sqrt(2N),
         # so the residual's variance does not grow with depth.
@@ -200,15 +232,49 @@ class MiniGLM(nn.Module):
                 n -= self.lm_head.weight.numel()
         return n
 
+    # ----------------------------------------------------------------------- decoding
+
+    def _fingerprint(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+
+    @torch.no_grad()
+    def fuse(self, packed: bool | None = None) -> MiniGLM:
+        """Lay the weights out for decoding (see the module docstring); a no-op while they are current.
+
+        packed: None = oneDNN-pack where it pays off, True = every matrix, False = never.
+        """
+        fingerprint = self._fingerprint()
+        current = self._fused_key is not None and self._fused_key[0] == fingerprint
+        if not current or (packed is not None and packed != self._fused_key[1]):
+            key = (fingerprint, packed)
+            for layer in self.model.layers:
+                layer.self_attn.fuse(packed)
+                layer.mlp.fuse(packed)
+            self.fused_head = pack_linear(self.lm_head.weight, packed)
+            self._fused_key = key
+        return self
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for decoding with this model (float32 on a CPU); fuses the weights first."""
+        self.fuse()
+        weight = self.model.embed_tokens.weight
+        dtype = torch.float32 if weight.device.type == "cpu" else weight.dtype
+        cache = KVCache(self.config, batch_size, max_len, device=weight.device, dtype=dtype)
+        cache.weights_key = self._fused_key
+        return cache
+
+    # ----------------------------------------------------------------------- the forward pass
+
     def forward(
         self,
         input_ids: torch.Tensor,  # (B, T) token ids
         targets: torch.Tensor | None = None,  # (B, T) next-token ids
         loss_mask: torch.Tensor | None = None,  # (B, T) 1 where the target counts
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | None = None,  # decoding: attend over and append to this cache
         position_ids: torch.Tensor | None = None,  # (B, T); default: cache.pos + arange(T)
         attn_mask: torch.Tensor | None = None,  # (B, 1, T, S) bool, True = may attend
-        last_only: bool = False,  # compute logits for the last position only (generation)
+        last_only: bool = False,  # logits of the last position only (generation)
+        reduction: str = "mean",  # with targets: "mean" (masked mean) or "none" ((B, T) token losses)
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (logits, None) or, given targets, (None, loss)
         B, T = input_ids.shape
         start = kv_cache.pos if kv_cache is not None else 0
@@ -219,26 +285,21 @@ class MiniGLM(nn.Module):
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, D)
         else:
             cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)  # (B,1,T,D)
+        # the fused weights only for a cache made by new_cache since the weights last changed
+        fused = kv_cache is not None and kv_cache.weights_key is not None and kv_cache.weights_key is self._fused_key
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, kv_cache, attn_mask)
+            x = layer(x, cos, sin, kv_cache, attn_mask, fused)
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.model.norm(x)
-        if targets is not None:  # training/eval loss: the (B, T, V) logits are never materialised
+        if targets is not None:  # loss without materialising the (B, T, V) logits
             mask = None if loss_mask is None else loss_mask.reshape(-1)
-            return None, linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), mask)
+            loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), mask,
+                                        reduction=reduction)
+            return None, loss if reduction == "mean" else loss.view(B, T)
         if last_only:
             x = x[:, -1:, :]
+        if fused:
+            return self.fused_head(x).float(), None  # (B, 1 or T, V) float32 for sampling
         return self.lm_head(x), None  # (B, T, V)
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
-                         loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """sum(mask * token_loss) / max(sum(mask), 1); no mask = plain mean over all tokens."""
-    token_loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-    if loss_mask is None:
-        return token_loss.mean()
-    mask = loss_mask.reshape(-1).to(token_loss.dtype)
-    return (token_loss * mask).sum() / mask.sum().clamp(min=1.0)

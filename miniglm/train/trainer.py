@@ -51,8 +51,14 @@ from miniglm.errors import UserError
 from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
 from miniglm.train.mfu import model_flops_per_token, peak_flops
-from miniglm.train.resume import StopSignals, latest_checkpoint, prepare_run_dir, rng_state, set_rng_state
-from miniglm.train.runlog import MetricsLog
+from miniglm.train.run import (
+    MetricsLog,
+    StopSignals,
+    latest_checkpoint,
+    prepare_run_dir,
+    rng_state,
+    set_rng_state,
+)
 
 LN2 = math.log(2)
 

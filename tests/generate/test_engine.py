@@ -10,7 +10,7 @@ import torch
 
 from miniglm.config import ModelConfig, SampleConfig
 from miniglm.generate import engine
-from miniglm.model.inference import InferenceModel, onednn_packs
+from miniglm.model.kernels import onednn_packs
 from miniglm.model.model import MiniGLM
 
 CONTEXT = 64
@@ -56,15 +56,16 @@ def test_cached_path_matches_reference_tokens_and_logits(kw):
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_inference_forward_matches_model_forward(model, packed):
+def test_fused_cached_forward_matches_plain_forward(packed):
     if packed and not onednn_packs(torch.device("cpu"), torch.float32):
         pytest.skip("no oneDNN packed linear in this torch build")
-    im = InferenceModel(model, packed=packed)
+    model = tiny_model().fuse(packed=packed)
     ids = torch.tensor([PROMPTS[0]])
-    cache = im.new_cache(1, 32)
+    cache = model.new_cache(1, 32)
+    assert cache.weights_key is not None  # this cache decodes with the fused weights
     with torch.inference_mode():
-        got = im.forward(ids[:, :6], cache, last_only=False)  # prefill 6, then 4 single steps
-        steps = [im.forward(ids[:, t:t + 1], cache) for t in range(6, 10)]
+        got = model(ids[:, :6], kv_cache=cache)[0]  # prefill 6, then 4 single steps
+        steps = [model(ids[:, t:t + 1], kv_cache=cache, last_only=True)[0] for t in range(6, 10)]
         want = model(ids)[0]
     torch.testing.assert_close(torch.cat([got, *steps], dim=1), want, rtol=1e-4, atol=1e-4)
 
@@ -82,11 +83,14 @@ def test_bfloat16_cached_path_is_close_to_reference():
 def test_weights_changed_in_place_are_picked_up():
     model = tiny_model()
     before = run(model, [PROMPTS[0]])[0].tokens
-    first = InferenceModel.of(model)
-    assert InferenceModel.of(model) is first  # reused while nothing changed
+    first = model.new_cache(1, 8).weights_key
+    assert model.new_cache(1, 8).weights_key is first  # reused while nothing changed
+    stale = model.new_cache(1, 8)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
-    assert InferenceModel.of(model) is not first
+    assert model.new_cache(1, 8).weights_key is not first
+    # a cache made before the change no longer selects the (rebuilt) fused weights
+    assert stale.weights_key is not model._fused_key
     after = run(model, [PROMPTS[0]])[0].tokens
     assert after == run(model, [PROMPTS[0]], reference=True)[0].tokens
     assert after != before

@@ -7,9 +7,10 @@ import math
 
 import pytest
 import torch
+from reference import masked_cross_entropy
 
 from miniglm.config import ModelConfig
-from miniglm.model.model import KVCache, MiniGLM, masked_cross_entropy
+from miniglm.model.model import KVCache, MiniGLM
 
 
 def tiny(**kw) -> ModelConfig:
@@ -137,4 +138,9 @@ def test_logits_match_transformers_llama(kv_heads, tie):
     with torch.no_grad():
         ref = hf(input_ids=x).logits
         got = ours(x)[0]
+        # the decoding path: fused (and, where it pays, oneDNN-packed) weights, prefill + cached steps
+        cache = ours.new_cache(2, 20)
+        decoded = torch.cat([ours(x[:, :12], kv_cache=cache)[0]]
+                            + [ours(x[:, t:t + 1], kv_cache=cache)[0] for t in range(12, 20)], dim=1)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(decoded, ref, rtol=1e-4, atol=1e-4)

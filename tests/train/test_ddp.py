@@ -12,7 +12,7 @@ import pytest
 from tiny_data import make_pretrain_dir, tiny_config
 
 from miniglm import checkpoint as ckpt
-from miniglm.train.runlog import read_metrics
+from miniglm.train.run import read_metrics
 from miniglm.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from miniglm.config import TrainConfig, load_config
 from miniglm.data import DataError, loader
 from miniglm.errors import UserError
 from miniglm.model import model as model_module
-from miniglm.train.runlog import read_metrics
+from miniglm.train.run import read_metrics
 from miniglm.train.trainer import TrainingDiverged, build_optimizer, lr_at, train
 
 
@@ -197,9 +197,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path, monke
     calls = {"n": 0}
     real = model_module.linear_cross_entropy
 
-    def poisoned(*args):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        loss = real(*args)
+        loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] > 12 else loss
 
     monkeypatch.setattr(model_module, "linear_cross_entropy", poisoned)

@@ -6,7 +6,7 @@ import pytest
 
 from miniglm.errors import UserError
 from miniglm.evaluate import plot
-from miniglm.jsonl import iter_jsonl
+from miniglm.io import iter_jsonl
 
 
 class LineError(UserError):
