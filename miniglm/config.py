@@ -140,7 +140,7 @@ class TrainConfig:
     max_steps: int = opt(1000, "optimizer steps")
     batch_size: int = opt(16, "sequences per micro-batch (per process)")
     grad_accum_steps: int = opt(1, "micro-batches per optimizer step")
-    block_size: int = opt(512, "tokens per sequence (<= model.max_position_embeddings)")
+    block_size: int = opt(512, "tokens per sequence (<= model.max_position_embeddings); SFT takes it from its rows")
     learning_rate: float = opt(6e-4, "peak learning rate")
     min_lr: float = opt(6e-5, "learning rate at the end of the cosine decay")
     warmup_steps: int = opt(100, "linear warmup steps")
@@ -331,6 +331,9 @@ def parse_overrides(cls: type, items: list[str]) -> dict[str, Any]:
     return out
 
 
+STAGE_SECTIONS = ("prepare", "prepare_sft")  # preset tables read by `miniglm prepare` / `prepare-sft`
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
                 section: str | None = None) -> Any:
     """Defaults <- TOML file (optionally one `[section]` of it) <- overrides; checked, typed."""
@@ -340,6 +343,8 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, 
         if section is not None:
             # A preset may hold several stages; take this stage's table plus shared top-level keys.
             raw = {k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(cls)}} | raw.get(section, {})
+        else:  # training reads the top level; the data stages' tables are theirs
+            raw = {k: v for k, v in raw.items() if k not in STAGE_SECTIONS}
         data = raw
     if isinstance(overrides, list):
         overrides = parse_overrides(cls, overrides)

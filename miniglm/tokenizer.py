@@ -82,10 +82,12 @@ class Tokenizer:
         return cls(hf, path)
 
     def save(self, path: str | Path) -> Path:
+        """Write tokenizer.json at `path` (atomically); `self.path` keeps naming where it was loaded from."""
         from miniglm.io import atomic_write
 
         path = atomic_write(path, self.to_json())
-        self.path = path
+        if self.path is None:
+            self.path = path
         return path
 
     @property

@@ -1,8 +1,7 @@
-"""Tiny prepared data directories for trainer tests: a pretraining dir and an SFT dir.
+"""Tiny prepared data directories for tests: a pretraining dir and an SFT dir.
 
-Synthetic text with learnable structure, a byte-level BPE trained on it, and files laid out as
-`miniglm prepare` / `miniglm prepare-sft` write them (formats in the helpers' common brief), so
-the trainer reads them through its real code paths.
+Synthetic text with learnable structure, prepared by the real `prepare` / `prepare_sft` code (the
+one writer of the format), so every test reads data exactly as users' runs do.
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
-
-from miniglm.config import TrainConfig, load_config
+from miniglm.config import PrepareConfig, SFTDataConfig, TrainConfig, load_config
+from miniglm.data.prepare import prepare
+from miniglm.data.sft import prepare_sft
 from miniglm.tokenizer import Tokenizer, train_tokenizer
 
 CHARS = "天地人和山水风云日月春夏秋冬东西南北花草树木"
@@ -37,62 +36,29 @@ def make_tokenizer(docs: list[str], vocab_size: int = 300) -> Tokenizer:
     return train_tokenizer(docs, vocab_size=vocab_size, min_frequency=2, show_progress=False)
 
 
-def _join(tok: Tokenizer, docs: list[str]) -> np.ndarray:
-    ids: list[int] = []
-    for d in docs:
-        ids += tok.encode(d) + [tok.eot_id]
-    return np.asarray(ids, dtype=np.uint16)
-
-
 def make_pretrain_dir(out: Path, n_train: int = 400, n_val: int = 40, seed: int = 0) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    train_docs, val_docs = synthetic_documents(n_train, seed), synthetic_documents(n_val, seed + 1)
-    tok = make_tokenizer(train_docs)
-    tok.save(out / "tokenizer.json")
-    train, val = _join(tok, train_docs), _join(tok, val_docs)
-    train.tofile(out / "train.bin")
-    val.tofile(out / "val.bin")
-    train_chars, val_chars = sum(map(len, train_docs)), sum(map(len, val_docs))
-    meta = {"format_version": 1, "kind": "pretrain", "dtype": "uint16", "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id, "pad_id": tok.pad_id, "tokenizer": "tokenizer.json",
-            "tokenizer_sha256": tok.sha256, "train_tokens": len(train), "val_tokens": len(val),
-            "train_chars": train_chars, "val_chars": val_chars, "train_documents": n_train,
-            "val_documents": n_val, "sources": [{"path": "synthetic", "chars": train_chars + val_chars,
-                                                 "documents": n_train + n_val}],
-            "split": {"rule": "synthetic", "unit": "document", "seed": seed, "val_fraction": 0.1},
-            "chars_per_token": (train_chars + val_chars) / (len(train) + len(val))}
-    (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    """A prepared pretraining directory, written by the real `prepare` from synthetic documents."""
+    docs = synthetic_documents(n_train + n_val, seed)
+    src = out.with_name(out.name + "_corpus.jsonl")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    cfg = PrepareConfig(vocab_size=300, split_on="document", val_fraction=n_val / (n_train + n_val), seed=seed)
+    prepare([src], out, cfg, progress=False)
     return out
 
 
 def make_sft_dir(out: Path, tokenizer_dir: Path, block_size: int = 32, n_train: int = 24, n_val: int = 6) -> Path:
-    """Q&A rows ("which char follows X?") rendered by the chat template, padded to block_size + 1."""
-    out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_file(tokenizer_dir / "tokenizer.json")
-    tok.save(out / "tokenizer.json")
+    """Q&A rows ("which chars follow X?"), written by the real `prepare_sft` with `tokenizer_dir`'s tokenizer."""
     rng = random.Random(7)
-
-    def rows(n: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.full((n, block_size + 1), tok.pad_id, dtype=np.uint16)
-        mask = np.zeros((n, block_size), dtype=np.uint8)
-        for r in range(n):
-            i = rng.randrange(len(CHARS))
-            q, a = CHARS[i] + "之后", "".join(CHARS[(i + j) % len(CHARS)] for j in range(1, 4))
-            row, m = tok.render_conversation([(q, a)])
-            row, m = row[:block_size + 1], m[:block_size + 1]
-            ids[r, :len(row)] = row
-            mask[r, :len(row) - 1] = m[1:]  # mask[t] says whether y[t] = ids[t + 1] is trained
-        return ids, mask
-
-    for split, n in (("train", n_train), ("val", n_val)):
-        ids, mask = rows(n)
-        np.save(out / f"{split}_ids.npy", ids)
-        np.save(out / f"{split}_mask.npy", mask)
-    meta = {"format_version": 1, "kind": "sft", "block_size": block_size, "dtype": "uint16",
-            "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "pad_id": tok.pad_id,
-            "tokenizer_sha256": tok.sha256, "counts": {"train": n_train, "val": n_val}, "sources": [],
-            "rule": "synthetic"}
-    (out / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    pairs = []
+    for _ in range(n_train + n_val):
+        i = rng.randrange(len(CHARS))
+        pairs.append({"question": CHARS[i] + "之后", "answer": "".join(CHARS[(i + j) % len(CHARS)] for j in range(1, 4))})
+    src = out.with_name(out.name + "_qa.jsonl")
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    cfg = SFTDataConfig(block_size=block_size, val_fraction=n_val / (n_train + n_val), dedup=False)
+    prepare_sft([src], Tokenizer.from_file(tokenizer_dir / "tokenizer.json"), out, cfg, progress=False)
     return out
 
 

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--block_size={args.block_size}"])
     _stage("4/7 SFT (init from the pretrained run)",
            ["train", "--config", "sft", "--data", str(sft), "--out", str(sft_run), "--init-from", str(pre_run),
-            "--overwrite", f"--max_steps={args.sft_steps}", f"--block_size={args.block_size}", *dev])
+            "--overwrite", f"--max_steps={args.sft_steps}", *dev])
 
     # The demo shows what SFT taught, so it samples the final SFT weights; `best` (lowest loss on
     # held-out questions) is an earlier, less fitted checkpoint on data this small.

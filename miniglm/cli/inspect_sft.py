@@ -10,8 +10,8 @@ import os
 import sys
 
 from miniglm.cli.common import Parser
-from miniglm.data.sft import MARK_PLAIN, SPLITS, SFTDataError, format_row, load_sft_split, row_stats
-from miniglm.tokenizer import Tokenizer
+from miniglm.data import store
+from miniglm.data.sft import MARK_PLAIN, SPLITS, SFTDataError, format_row, row_stats
 
 
 def build_parser() -> Parser:
@@ -28,10 +28,13 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    ids, mask, meta = load_sft_split(args.dir, args.split)
-    tok = Tokenizer.from_file(f"{args.dir}/tokenizer.json")
+    if args.n < 0:
+        raise SFTDataError(f"-n {args.n}: the number of rows to show must be 0 or more")
+    meta = store.read_meta(args.dir, "sft", SFTDataError)
+    ids, mask = store.open_rows(args.dir, args.split, meta, SFTDataError)
+    tok = store.load_tokenizer(args.dir, meta, SFTDataError)
     color = sys.stdout.isatty() and not args.no_color and "NO_COLOR" not in os.environ
-    rows = args.rows if args.rows is not None else range(min(max(args.n, 0), len(ids)))
+    rows = args.rows if args.rows is not None else range(min(args.n, len(ids)))
     for r in rows:
         if not 0 <= r < len(ids):
             raise SFTDataError(f"row {r} is out of range: the {args.split} split has {len(ids)} rows")

@@ -1,5 +1,8 @@
 """Training and validation batches from prepared directories (pretraining `.bin`, SFT `.npy` rows).
 
+The files are opened through `miniglm.data.store` (the format's owner); SFT rows carry their own
+length (meta.json `block_size`), so SFT batches take it from the data.
+
 Owns how token files become `(x, y, loss_mask)` tensors, and the *data position* that makes a
 resumed run draw exactly the batches an uninterrupted one would have drawn.
 
@@ -20,7 +23,6 @@ as a union, exactly the rows a 1-process run with twice the batch size draws.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,30 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from miniglm.data import DataError
+from miniglm.data import DataError, store
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # x (B, T), y (B, T), loss_mask (B, T) | None
-
-
-def read_meta(data_dir: str | Path, kind: str) -> dict[str, Any]:
-    """`meta.json` of a prepared directory, checked to be of `kind` ("pretrain" or "sft")."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        hint = "miniglm prepare" if kind == "pretrain" else "miniglm prepare-sft"
-        raise DataError(f"{path}: not found (make the directory with `{hint}`)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: invalid JSON ({e})") from None
-    if meta.get("format_version") != 1:
-        raise DataError(f"{path}: format_version {meta.get('format_version')!r}, expected 1")
-    if meta.get("kind") != kind:
-        raise DataError(f"{path}: a {meta.get('kind')!r} directory, but this run needs {kind!r} data "
-                        f"(check --mode / --data)")
-    for key in ("vocab_size", "tokenizer_sha256"):
-        if key not in meta:
-            raise DataError(f"{path}: missing field '{key}'")
-    return meta
 
 
 def _to_tensors(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, device: torch.device | str) -> Batch:
@@ -70,22 +51,13 @@ def _to_tensors(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, device: t
 # --------------------------------------------------------------------------- pretraining
 
 
-def open_tokens(path: Path, dtype: str) -> np.memmap:
-    if not path.is_file():
-        raise DataError(f"{path}: not found")
-    try:
-        return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r")
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{path}: cannot read as {dtype} tokens ({e})") from None
-
-
 class PretrainBatches:
     """Random windows of `train.bin`; micro-batch `k` depends only on `(seed, k)`."""
 
     def __init__(self, data_dir: str | Path, meta: dict[str, Any], block_size: int, batch_size: int,
                  seed: int, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
                  split: str = "train"):
-        self.data = open_tokens(Path(data_dir) / f"{split}.bin", meta.get("dtype", "uint16"))
+        self.data = store.open_tokens(data_dir, split, meta)
         if len(self.data) < block_size + 2:
             raise DataError(f"{Path(data_dir) / f'{split}.bin'}: {len(self.data)} tokens, too few for "
                             f"block_size={block_size} (need at least {block_size + 2})")
@@ -124,7 +96,7 @@ def pretrain_val_batches(data_dir: str | Path, meta: dict[str, Any], block_size:
     Chunk `j` of `batch_size` windows goes to rank `j % world_size`, so the ranks together see the
     same windows as one process does.
     """
-    data = open_tokens(Path(data_dir) / "val.bin", meta.get("dtype", "uint16"))
+    data = store.open_tokens(data_dir, "val", meta)
     n_windows = (len(data) - 1) // block_size
     if n_windows == 0:
         raise DataError(f"{Path(data_dir) / 'val.bin'}: {len(data)} tokens, fewer than one window of "
@@ -141,31 +113,12 @@ def pretrain_val_batches(data_dir: str | Path, meta: dict[str, Any], block_size:
 # --------------------------------------------------------------------------- SFT
 
 
-def open_rows(data_dir: str | Path, split: str, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`{split}_ids.npy` (N, T+1) and `{split}_mask.npy` (N, T), memory-mapped and checked."""
-    paths = [Path(data_dir) / f"{split}_{name}.npy" for name in ("ids", "mask")]
-    arrays = []
-    for p in paths:
-        if not p.is_file():
-            raise DataError(f"{p}: not found (make the directory with `miniglm prepare-sft`)")
-        try:
-            arrays.append(np.load(p, mmap_mode="r", allow_pickle=False))
-        except ValueError as e:
-            raise DataError(f"{p}: not a plain .npy array ({e})") from None
-    ids, mask = arrays
-    if ids.ndim != 2 or ids.shape[1] != block_size + 1:
-        raise DataError(f"{paths[0]}: shape {ids.shape}, expected (N, {block_size + 1}) for block_size={block_size}")
-    if mask.shape != (ids.shape[0], block_size):
-        raise DataError(f"{paths[1]}: shape {mask.shape}, expected {(ids.shape[0], block_size)}")
-    return ids, mask
-
-
 class SFTBatches:
     """Rows of `train_ids.npy` in shuffled epochs; micro-batch `k` depends only on `(seed, k)`."""
 
-    def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
+    def __init__(self, data_dir: str | Path, meta: dict[str, Any], batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, device: torch.device | str = "cpu"):
-        self.ids, self.mask = open_rows(data_dir, "train", block_size)
+        self.ids, self.mask = store.open_rows(data_dir, "train", meta)  # rows of meta["block_size"] + 1
         if len(self.ids) == 0:
             raise DataError(f"{Path(data_dir) / 'train_ids.npy'}: no rows to train on")
         self.B, self.seed, self.rank, self.world_size, self.device = batch_size, seed, rank, world_size, device
@@ -204,10 +157,10 @@ class SFTBatches:
         self.next_batch = int(state["next_batch"])
 
 
-def sft_val_batches(data_dir: str | Path, block_size: int, batch_size: int, max_batches: int = 0,
+def sft_val_batches(data_dir: str | Path, meta: dict[str, Any], batch_size: int, max_batches: int = 0,
                     rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu") -> Iterator[Batch]:
     """Every row of `val_ids.npy` in order, or the first `max_batches` global batches (split as above)."""
-    ids, mask = open_rows(data_dir, "val", block_size)
+    ids, mask = store.open_rows(data_dir, "val", meta)
     n_rows = len(ids) if not max_batches else min(len(ids), max_batches * batch_size * world_size)
     for j in range(rank, -(-n_rows // batch_size), world_size):
         rows = slice(j * batch_size, min((j + 1) * batch_size, n_rows))

@@ -15,13 +15,13 @@ Rules:
   tokens, at most one merge per 8 characters of training text) so a tiny corpus gets no vocabulary
   it cannot train; the BPE trainer also stops when no pair occurs `min_frequency` times.
 - chars_per_token in meta.json = document characters / tokens, end-of-text tokens not counted.
-- outputs are built in `<out>/.prepare.tmp/` and moved into place at the end, meta.json last (an
-  old meta.json is removed first); on any error the old outputs are left untouched.
+- outputs (in `miniglm.data.store`'s format) are built in `<out>/.prepare.tmp/` and moved into
+  place at the end, meta.json last (an old meta.json is removed first); on any error the old
+  outputs are left untouched.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -30,14 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from miniglm.config import PrepareConfig, save_config
-from miniglm.data import DataError
+from miniglm.data import DataError, store
 from miniglm.data.text import find_inputs, read_documents
 from miniglm.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
-FORMAT_VERSION = 1
 BASE_VOCAB = 256 + len(SPECIAL_TOKENS)  # byte tokens + <|endoftext|>, <|pad|>
 CHARS_PER_MERGE = 8
 OUTPUT_FILES = ("tokenizer.json", "train.bin", "val.bin", "config.json", "meta.json")
@@ -112,10 +109,6 @@ def train_corpus_tokenizer(documents: Iterable[str], n_documents: int, chars: in
                            show_progress=progress, length=n_documents)
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
 @dataclass
 class SplitCounts:
     tokens: int = 0  # written to the .bin file, end-of-text tokens included
@@ -140,14 +133,14 @@ def _write_tokens(corpus: Corpus, tok: Tokenizer, val: set[int], out: Path, batc
     """Encode every document and append it plus eot_id to train.bin or val.bin (streamed)."""
     from tqdm import tqdm
 
-    dtype = token_dtype(tok.vocab_size)
     counts = {"train": SplitCounts(), "val": SplitCounts()}
     eot = [tok.eot_id]
-    with open(out / "train.bin", "wb") as ftrain, open(out / "val.bin", "wb") as fval, tqdm(
-            total=corpus.chars, unit="char", unit_scale=True, desc="encode", disable=not progress) as bar:
+    with store.TokenWriter(out / "train.bin", tok.vocab_size) as ftrain, \
+            store.TokenWriter(out / "val.bin", tok.vocab_size) as fval, \
+            tqdm(total=corpus.chars, unit="char", unit_scale=True, desc="encode", disable=not progress) as bar:
         for i, (doc, ids) in enumerate(encode_batches(tok, corpus.documents(), batch_size)):
             split = "val" if i in val else "train"
-            np.asarray(ids + eot, dtype=dtype).tofile(fval if split == "val" else ftrain)
+            (fval if split == "val" else ftrain).write(ids + eot)
             c = counts[split]
             c.tokens += len(ids) + 1
             c.chars += len(doc)
@@ -160,8 +153,7 @@ def build_meta(corpus: Corpus, tok: Tokenizer, counts: dict[str, SplitCounts], c
     train, val = counts["train"], counts["val"]
     text_tokens = train.tokens + val.tokens - len(corpus)
     return {
-        "format_version": FORMAT_VERSION, "kind": "pretrain", "dtype": token_dtype(tok.vocab_size).name,
-        "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "pad_id": tok.pad_id,
+        "kind": "pretrain", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id, "pad_id": tok.pad_id,
         "tokenizer": "tokenizer.json", "tokenizer_sha256": tok.sha256,
         "train_tokens": train.tokens, "val_tokens": val.tokens, "train_chars": train.chars, "val_chars": val.chars,
         "train_documents": train.documents, "val_documents": val.documents,
@@ -216,7 +208,7 @@ def prepare(inputs: Sequence[str | Path], out: str | Path, cfg: PrepareConfig | 
         counts = _write_tokens(corpus, tok, val, staging, cfg.encode_batch_size, progress)
         meta = build_meta(corpus, tok, counts, cfg)
         save_config(cfg, staging / "config.json")
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        meta = store.write_meta(staging, meta)
         _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

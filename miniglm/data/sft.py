@@ -14,7 +14,6 @@ closes an answer. Padding (pad_id) and prompts are never trained.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,14 @@ import numpy as np
 from tqdm import tqdm
 
 from miniglm.config import SFTDataConfig, save_config
+from miniglm.data import store
 from miniglm.data.sft_input import BadInput, Example, SFTDataError, Turns, read_examples
-from miniglm.io import atomic_dir, atomic_write_json
+from miniglm.io import atomic_dir
 from miniglm.tokenizer import Tokenizer
 
 __all__ = ["RULE", "SFTDataError", "SFTResult", "Rendered", "render_example", "build_rows", "prepare_sft",
-           "load_tokenizer", "read_sft_meta", "load_sft_split", "row_stats", "format_row"]
+           "load_tokenizer", "row_stats", "format_row"]
 
-FORMAT_VERSION = 1
 ELLIPSIS = "…"
 RULE = (
     "Each example is rendered by the chat template (问：{q}\\n答：{a}<|endoftext|> per turn) into a row of "
@@ -44,7 +43,7 @@ RULE = (
     "Rows are padded with pad_id (mask 0). With pack, whole examples are packed best-fit-decreasing "
     "into rows; an example in a packed row can attend to the examples before it in that row."
 )
-SPLITS = ("train", "val")
+SPLITS = store.SPLITS
 
 
 # --------------------------------------------------------------------------- fitting examples into rows
@@ -208,7 +207,7 @@ def prepare_sft(inputs: Sequence[str | Path], tokenizer: Tokenizer, out: str | P
         raise SFTDataError(f"all {len(unique)} examples were skipped: none leaves room for an answer "
                            f"token in block_size={cfg.block_size}")
     train_idx, val_idx = _split(len(kept), cfg.val_fraction, cfg.seed)
-    dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
+    dtype = store.token_dtype(tokenizer.vocab_size)
     arrays = {split: build_rows([kept[i][1] for i in idx], cfg.block_size, tokenizer.pad_id, dtype, cfg.pack)
               for split, idx in zip(SPLITS, (train_idx, val_idx))}
     eval_overlap = None
@@ -224,76 +223,30 @@ def prepare_sft(inputs: Sequence[str | Path], tokenizer: Tokenizer, out: str | P
         "eval_overlap": eval_overlap,
     }
     meta = {
-        "format_version": FORMAT_VERSION, "kind": "sft", "block_size": cfg.block_size,
-        "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
+        "kind": "sft", "block_size": cfg.block_size,
+        "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
         "pad_id": tokenizer.pad_id, "tokenizer": "tokenizer.json", "tokenizer_sha256": tokenizer.sha256,
         "counts": counts, "sources": sources, "eval_file": None if eval_file is None else str(eval_file),
         "pack": cfg.pack, "split": {"unit": "example", "seed": cfg.seed, "val_fraction": cfg.val_fraction},
         "rule": RULE,
     }
-    _write_dir(Path(out), tokenizer, cfg, meta, arrays)
+    meta = _write_dir(Path(out), tokenizer, cfg, meta, arrays)
     return SFTResult(Path(out), meta, bad.messages)
 
 
 def _write_dir(out: Path, tok: Tokenizer, cfg: SFTDataConfig, meta: dict[str, Any],
-               arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Write everything into a temporary sibling, then rename it into place (replacing an old one)."""
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_sft_dir(out))):
+               arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Write everything into a temporary sibling, then rename it into place; returns meta.json as written."""
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or store.is_prepared(out, "sft"))):
         raise SFTDataError(f"refusing to replace {out}: it is not a prepared SFT directory "
                            "(remove it or choose another --out)")
     with atomic_dir(out) as tmp:
         for split, (ids, mask) in arrays.items():
-            np.save(tmp / f"{split}_ids.npy", ids, allow_pickle=False)
-            np.save(tmp / f"{split}_mask.npy", mask, allow_pickle=False)
+            store.write_rows(tmp, split, ids, mask)
         tok.save(tmp / "tokenizer.json")
         save_config(cfg, tmp / "config.json")
-        atomic_write_json(tmp / "meta.json", meta)
-
-
-def _is_sft_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "meta.json").read_text(encoding="utf-8")).get("kind") == "sft"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-# --------------------------------------------------------------------------- reading a prepared directory
-
-
-def read_sft_meta(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / "meta.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SFTDataError(f"{directory}: not a prepared SFT directory (no meta.json; run "
-                           "`miniglm prepare-sft`)") from None
-    except (OSError, ValueError) as e:
-        raise SFTDataError(f"{path}: unreadable ({e})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != "sft":
-        raise SFTDataError(f"{directory}: not a prepared SFT directory (meta.json kind is "
-                           f"{meta.get('kind') if isinstance(meta, dict) else None!r}, expected 'sft')")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise SFTDataError(f"{path}: format version {meta.get('format_version')!r}, this MiniGLM reads "
-                           f"version {FORMAT_VERSION}")
+        meta = store.write_meta(tmp, meta)
     return meta
-
-
-def load_sft_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(ids (N, T + 1), mask (N, T), meta) of one split, memory-mapped, shapes checked."""
-    if split not in SPLITS:
-        raise SFTDataError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
-    directory = Path(directory)
-    meta = read_sft_meta(directory)
-    try:
-        ids = np.load(directory / f"{split}_ids.npy", mmap_mode="r", allow_pickle=False)
-        mask = np.load(directory / f"{split}_mask.npy", mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SFTDataError(f"{directory}: cannot read the {split} arrays ({e})") from None
-    t = meta["block_size"]
-    if ids.ndim != 2 or ids.shape[1] != t + 1 or mask.shape != (ids.shape[0], t):
-        raise SFTDataError(f"{directory}: {split} arrays have shapes {ids.shape} and {mask.shape}, "
-                           f"expected (N, {t + 1}) and (N, {t})")
-    return ids, mask, meta
 
 
 # --------------------------------------------------------------------------- showing a row

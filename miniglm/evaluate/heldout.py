@@ -21,7 +21,6 @@ characters of the decoded answer tokens.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from miniglm.data import store
 from miniglm.errors import UserError
 from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
@@ -117,36 +117,10 @@ def score_stream(model: MiniGLM, tokens: np.ndarray, block: int, batch_size: int
     return nats, scored, len(starts)
 
 
-def read_data_meta(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "meta.json"
-    if not path.is_file():
-        raise EvalError(f"{data_dir}: not a prepared data directory (no meta.json; make one with "
-                        f"`miniglm prepare` or `miniglm prepare-sft`)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvalError(f"{path}: invalid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in ("pretrain", "sft"):
-        raise EvalError(f"{path}: 'kind' must be 'pretrain' or 'sft'")
-    return meta
-
-
-def check_tokenizer(meta: dict[str, Any], tokenizer: Tokenizer, where: Path) -> None:
-    if meta.get("tokenizer_sha256") != tokenizer.sha256:
-        raise EvalError(f"{where}: data was tokenized with tokenizer {str(meta.get('tokenizer_sha256'))[:12]}, "
-                        f"the checkpoint uses {tokenizer.sha256[:12]} (prepare the data with the "
-                        f"checkpoint's tokenizer.json, or pass raw text with --text)")
-
-
 def heldout_pretrain(model: MiniGLM, data_dir: Path, meta: dict[str, Any], batch_size: int = 8,
                      dtype: torch.dtype = torch.float32, progress: bool = False) -> LossResult:
     path = data_dir / "val.bin"
-    if not path.is_file():
-        raise EvalError(f"{path}: not found")
-    try:
-        tokens = np.memmap(path, dtype=np.dtype(meta.get("dtype", "uint16")).newbyteorder("<"), mode="r")
-    except (TypeError, ValueError) as e:
-        raise EvalError(f"{path}: cannot read as {meta.get('dtype')} tokens ({e})") from None
+    tokens = store.open_tokens(data_dir, "val", meta, EvalError)
     if len(tokens) < 2:
         raise EvalError(f"{path}: {len(tokens)} tokens, need at least 2")
     block = model.config.max_position_embeddings
@@ -181,14 +155,9 @@ def heldout_text(model: MiniGLM, tokenizer: Tokenizer, files: Sequence[Path], ba
 @torch.no_grad()
 def heldout_sft(model: MiniGLM, tokenizer: Tokenizer, data_dir: Path, meta: dict[str, Any],
                 batch_size: int = 8, dtype: torch.dtype = torch.float32, progress: bool = False) -> LossResult:
-    try:
-        ids = np.load(data_dir / "val_ids.npy", mmap_mode="r", allow_pickle=False)
-        mask = np.load(data_dir / "val_mask.npy", mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise EvalError(f"{data_dir}: cannot read val_ids.npy / val_mask.npy ({e})") from None
-    if ids.ndim != 2 or mask.shape != (ids.shape[0], ids.shape[1] - 1) or len(ids) == 0:
-        raise EvalError(f"{data_dir}: val arrays have shapes {ids.shape} and {mask.shape}, expected "
-                        f"(N, T + 1) and (N, T) with N > 0")
+    ids, mask = store.open_rows(data_dir, "val", meta, EvalError)
+    if len(ids) == 0:
+        raise EvalError(f"{data_dir}: no validation rows to score")
     block = ids.shape[1] - 1
     if block > model.config.max_position_embeddings:
         raise EvalError(f"{data_dir}: rows of {block} tokens exceed the model's context "
@@ -216,17 +185,17 @@ def training_characters(data_dirs: Sequence[str | Path], tokenizer: Tokenizer,
     used = []
     for d in map(Path, data_dirs):
         try:
-            meta = read_data_meta(d)
+            meta = store.read_meta(d, error=EvalError)
         except EvalError:
             continue
         if meta.get("tokenizer_sha256") != tokenizer.sha256:
             continue
         if meta["kind"] == "pretrain" and (d / "train.bin").is_file():
-            tokens = np.memmap(d / "train.bin", dtype=np.dtype(meta.get("dtype", "uint16")).newbyteorder("<"), mode="r")
+            tokens = store.open_tokens(d, "train", meta, EvalError)
             for i in range(0, len(tokens), chunk):  # a character cut at a chunk edge is seen elsewhere
                 chars.update(tokenizer.decode(tokens[i:i + chunk].tolist(), skip_special_tokens=True))
         elif meta["kind"] == "sft" and (d / "train_ids.npy").is_file():
-            ids = np.load(d / "train_ids.npy", mmap_mode="r", allow_pickle=False)
+            ids, _ = store.open_rows(d, "train", meta, EvalError)
             rows = max(1, chunk // max(ids.shape[1], 1))
             for i in range(0, len(ids), rows):
                 for text in tokenizer.decode_batch(ids[i:i + rows].tolist(), skip_special_tokens=True):
@@ -243,7 +212,7 @@ def check_inputs(data_dir: str | Path | None, text_files: Sequence[str | Path]) 
     if data_dir is not None:
         if not Path(data_dir).is_dir():
             raise EvalError(f"{data_dir}: data directory not found")
-        read_data_meta(Path(data_dir))
+        store.read_meta(data_dir, error=EvalError)
     for f in text_files:
         if not Path(f).is_file():
             raise EvalError(f"{f}: not found")
@@ -258,8 +227,8 @@ def evaluate_heldout(model: MiniGLM, tokenizer: Tokenizer, data_dir: str | Path 
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise EvalError(f"{data_dir}: data directory not found")
-        meta = read_data_meta(data_dir)
-        check_tokenizer(meta, tokenizer, data_dir / "meta.json")
+        meta = store.read_meta(data_dir, error=EvalError)
+        store.check_tokenizer(meta, tokenizer, data_dir, EvalError)
         if meta["kind"] == "pretrain":
             results.append(heldout_pretrain(model, data_dir, meta, batch_size, dtype, progress))
         else:

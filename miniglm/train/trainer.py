@@ -9,13 +9,16 @@ The loss is the model's masked mean cross-entropy, sum(mask * token_loss) / max(
 (`kernels.linear_cross_entropy`, reference `model.masked_cross_entropy`), with no mask
 (pretraining) the plain mean; SFT feeds its `loss_mask` through the same step.
 
-Run directory `cfg.out`: `config.json` (resolved config), `metrics.jsonl` (written by rank 0, one
-flushed JSON line per event: "start", "train", "eval"), `checkpoints/step_XXXXXXX/` (the last
-`keep_last`) and `checkpoints/best/` (lowest validation loss). A checkpoint holds the weights, the
-optimizer state, the step, RNG states and the data position (`state.pt`, tensors and plain values
-only), so `resume=True` continues the same run bit for bit on a CPU. SIGINT/SIGTERM save a
-checkpoint at the end of the current step and stop; a NaN/inf loss raises `TrainingDiverged` and
-leaves the last good checkpoint.
+The run is a `Run` object built from its named pieces (data, model, optimizer, batches, log) and
+driven by a short loop: `step` (one optimizer step, NaN check), `log_step`, `evaluate_now` (and
+the best checkpoint), `save`. Its mutable progress is one small `Progress` record, which is also
+what `state.pt` restores. The run directory (`cfg.out`, see `miniglm.train.run`): config.json,
+metrics.jsonl (rank 0), `checkpoints/step_XXXXXXX/` (the last `keep_last`) and `checkpoints/best/`
+(lowest validation loss). A checkpoint holds the weights, the optimizer state, the progress, RNG
+states and the data position (tensors and plain values only), so `resume=True` continues the same
+run bit for bit on a CPU. SIGINT/SIGTERM save a checkpoint at the end of the current step and
+stop; a NaN/inf loss raises `TrainingDiverged` and leaves the last good checkpoint. SFT rows
+carry their length: SFT takes `block_size` from the data's meta.json.
 
 Distributed: run under `torchrun`; RANK/WORLD_SIZE/LOCAL_RANK come from the environment (see
 `miniglm.device`), every rank draws different batches, only rank 0 writes.
@@ -28,7 +31,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from tqdm import tqdm
 
 from miniglm import checkpoint as ckpt
 from miniglm.config import ModelConfig, TrainConfig, save_config
-from miniglm.data import DataError, loader
+from miniglm.data import DataError, loader, store
 from miniglm.device import (
     Dist,
     all_reduce_sum,
@@ -48,8 +51,8 @@ from miniglm.device import (
     tune_cpu_allocator,
 )
 from miniglm.errors import UserError
+from miniglm.evaluate.heldout import bits_per_char
 from miniglm.model.model import MiniGLM
-from miniglm.tokenizer import Tokenizer
 from miniglm.train.mfu import model_flops_per_token, peak_flops
 from miniglm.train.run import (
     MetricsLog,
@@ -59,8 +62,6 @@ from miniglm.train.run import (
     rng_state,
     set_rng_state,
 )
-
-LN2 = math.log(2)
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -148,16 +149,15 @@ def evaluate(model: MiniGLM, batches, device: torch.device, dtype: torch.dtype, 
 
 def val_batches(cfg: TrainConfig, meta: dict[str, Any], dist: Dist, device: torch.device):
     if cfg.mode == "sft":
-        return loader.sft_val_batches(cfg.data, cfg.block_size, cfg.batch_size, cfg.eval_steps,
-                                      dist.rank, dist.world_size, device)
+        return loader.sft_val_batches(cfg.data, meta, cfg.batch_size, cfg.eval_steps, dist.rank,
+                                      dist.world_size, device)
     return loader.pretrain_val_batches(cfg.data, meta, cfg.block_size, cfg.batch_size, cfg.eval_steps,
                                        dist.rank, dist.world_size, device)
 
 
 def train_batches(cfg: TrainConfig, meta: dict[str, Any], dist: Dist, device: torch.device):
     if cfg.mode == "sft":
-        return loader.SFTBatches(cfg.data, cfg.block_size, cfg.batch_size, cfg.seed, dist.rank,
-                                 dist.world_size, device)
+        return loader.SFTBatches(cfg.data, meta, cfg.batch_size, cfg.seed, dist.rank, dist.world_size, device)
     return loader.PretrainBatches(cfg.data, meta, cfg.block_size, cfg.batch_size, cfg.seed, dist.rank,
                                   dist.world_size, device)
 
@@ -165,31 +165,19 @@ def train_batches(cfg: TrainConfig, meta: dict[str, Any], dist: Dist, device: to
 def has_validation(cfg: TrainConfig, meta: dict[str, Any]) -> bool:
     """False for SFT data without validation rows; a DataError if val.bin cannot hold one window."""
     if cfg.mode == "sft":
-        return len(loader.open_rows(cfg.data, "val", cfg.block_size)[0]) > 0
+        return len(store.open_rows(cfg.data, "val", meta)[0]) > 0
     next(iter(loader.pretrain_val_batches(cfg.data, meta, cfg.block_size, 1)))
     return True
 
 
-def bits_per_char(val_loss: float, meta: dict[str, Any]) -> float | None:
+def val_bits_per_char(val_loss: float, meta: dict[str, Any]) -> float | None:
     """Nats per token -> bits per character of the validation text (pretraining data only)."""
-    if meta.get("kind") != "pretrain" or not meta.get("val_chars") or not meta.get("val_tokens"):
+    if meta.get("kind") != "pretrain" or not meta.get("val_tokens"):
         return None
-    return val_loss * meta["val_tokens"] / meta["val_chars"] / LN2
+    return bits_per_char(val_loss * meta["val_tokens"], meta.get("val_chars"))
 
 
 # --------------------------------------------------------------------------- the run: data, model, directory
-
-
-def data_tokenizer(cfg: TrainConfig, meta: dict[str, Any]) -> Tokenizer:
-    """The data directory's tokenizer, checked against its meta.json."""
-    path = Path(cfg.data) / meta.get("tokenizer", "tokenizer.json")
-    tok = Tokenizer.from_file(path)
-    if tok.sha256 != meta["tokenizer_sha256"]:
-        raise DataError(f"{path}: sha256 {tok.sha256[:12]} differs from tokenizer_sha256 "
-                        f"{str(meta['tokenizer_sha256'])[:12]} in {Path(cfg.data) / 'meta.json'}")
-    if tok.vocab_size != meta["vocab_size"]:
-        raise DataError(f"{path}: {tok.vocab_size} tokens, but meta.json says vocab_size={meta['vocab_size']}")
-    return tok
 
 
 def config_diff(a: ModelConfig, b: ModelConfig) -> str:
@@ -218,8 +206,8 @@ def model_for_run(cfg: TrainConfig, meta: dict[str, Any], source: Path | None,
     if resuming and mcfg != wanted:
         raise ckpt.CheckpointError(f"{source}: the checkpoint's model differs from the config "
                                    f"(checkpoint vs config: {config_diff(mcfg, wanted)})")
-    if cfg.mode == "sft" and cfg.block_size > mcfg.max_position_embeddings:
-        raise DataError(f"block_size={cfg.block_size} of the SFT rows exceeds the context of {source} "
+    if cfg.block_size > mcfg.max_position_embeddings:
+        raise DataError(f"block_size={cfg.block_size} of {cfg.data} exceeds the context of {source} "
                         f"(max_position_embeddings={mcfg.max_position_embeddings})")
     cfg = replace(cfg, model=mcfg)
     model = MiniGLM(mcfg)
@@ -227,11 +215,12 @@ def model_for_run(cfg: TrainConfig, meta: dict[str, Any], source: Path | None,
     return model, cfg
 
 
-def check_data_fits(cfg: TrainConfig, meta: dict[str, Any]) -> None:
-    if cfg.mode == "sft" and meta.get("block_size") != cfg.block_size:
-        raise DataError(f"block_size={cfg.block_size}, but the SFT rows in {cfg.data} have block_size="
-                        f"{meta.get('block_size')} (meta.json); set --block_size {meta.get('block_size')} "
-                        f"or re-run prepare-sft with --block-size {cfg.block_size}")
+def fit_to_data(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
+    """SFT rows have a fixed length (meta.json `block_size`): the run uses it, not the config's."""
+    if cfg.mode != "sft":
+        return cfg
+    return replace(cfg, block_size=meta["block_size"], model=replace(
+        cfg.model, max_position_embeddings=max(cfg.model.max_position_embeddings, meta["block_size"])))
 
 
 def describe_model(model: MiniGLM) -> str:
@@ -239,6 +228,179 @@ def describe_model(model: MiniGLM) -> str:
     return (f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M without "
             f"embeddings): {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, "
             f"intermediate {c.intermediate_size}, vocab {c.vocab_size}")
+
+
+@dataclass
+class Progress:
+    """What changes as a run goes on; restored from `state.pt` on resume."""
+
+    step: int = 0
+    best_val_loss: float | None = None
+    interval_loss: float = 0.0  # summed since the last metrics line
+    interval_steps: int = 0
+    elapsed: float = 0.0  # seconds of training before this session
+    last: dict[str, Any] = field(default_factory=lambda: {"loss": None, "val_loss": None, "val_ppl": None,
+                                                          "val_bpc": None})
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "best_val_loss": self.best_val_loss, "interval_loss": self.interval_loss,
+                "interval_steps": self.interval_steps}
+
+
+class Run:
+    """One training run: its config, data, model, optimizer, batches, log and progress."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool, overwrite: bool, dist: Dist, device: torch.device):
+        self.dist, self.device, self.master = dist, device, dist.is_master
+        self.say = print if self.master else (lambda *a, **k: None)
+        self.run_dir = Path(cfg.out)
+        self.meta = store.read_meta(cfg.data, cfg.mode)
+        cfg = fit_to_data(cfg, self.meta)
+        self.has_val = has_validation(cfg, self.meta)
+        if not self.has_val:
+            self.say(f"{cfg.data}: no validation rows; training without evaluation (best = none)")
+        self.tokenizer = store.load_tokenizer(cfg.data, self.meta)
+        source = latest_checkpoint(self.run_dir) if resume else (
+            ckpt.resolve_checkpoint(cfg.init_from) if cfg.init_from else None)
+        self.model, self.cfg = model_for_run(cfg, self.meta, source, resume)
+        if self.master and not resume:
+            prepare_run_dir(self.run_dir, overwrite)
+        barrier(dist)
+        self.dtype = resolve_dtype(self.cfg.dtype, device)
+        if device.type == "cpu":
+            tune_cpu_allocator()
+        self.model.to(device)
+        self.optimizer = build_optimizer(self.model, self.cfg, device)
+        self.batches = train_batches(self.cfg, self.meta, dist, device)
+        self.progress, state = Progress(), {}
+        if resume:
+            state = ckpt.load_state(source)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batches.load_state_dict(state["loader"])
+            set_rng_state(state["rng"])
+            self.progress = Progress(state.get("step", 0), state.get("best_val_loss"), state.get("interval_loss", 0.0),
+                                     state.get("interval_steps", 0), state.get("elapsed", 0.0))
+        self.saved: Path | None = source if resume else None
+        self.tokens_per_step = self.cfg.batch_size * self.cfg.block_size * self.cfg.grad_accum_steps * dist.world_size
+        self._open_log(resume, source)
+        self.stepper = Stepper(self._wrap(), self.optimizer, device, self.dtype, self.cfg.grad_accum_steps,
+                               self.cfg.grad_clip, dist.is_distributed)
+        if state.get("scaler"):
+            self.stepper.scaler.load_state_dict(state["scaler"])
+        self.flops = model_flops_per_token(self.model, self.cfg.block_size)
+        self.peak = peak_flops(device, self.dtype)[0] if self.master else 0.0
+        self.t_start = time.perf_counter()
+
+    def _open_log(self, resume: bool, source: Path | None) -> None:
+        cfg, model = self.cfg, self.model
+        if self.master:
+            save_config(cfg, self.run_dir / "config.json")
+        self.log = MetricsLog(self.run_dir, self.master, cfg.tensorboard, self.progress.step if resume else None)
+        self.say(describe_model(model))
+        self.say(f"{cfg.mode} on {self.device.type} x{self.dist.world_size} in {str(self.dtype).removeprefix('torch.')}: "
+                 f"{self.tokens_per_step:,} tokens per step" + (f", resuming {source}" if resume else "")
+                 + (f", initialised from {source}" if source and not resume else ""))
+        if not resume:
+            self.log.write({"type": "start", "mode": cfg.mode, "params": model.num_params(),
+                            "non_embedding_params": model.num_params(non_embedding=True),
+                            "init_from": str(source) if source else None, "device": self.device.type,
+                            "dtype": str(self.dtype).removeprefix("torch."), "world_size": self.dist.world_size,
+                            "tokens_per_step": self.tokens_per_step})
+
+    def _wrap(self) -> torch.nn.Module:
+        """The module the step runs: compiled and/or wrapped for DDP as configured."""
+        net = torch.compile(self.model) if self.cfg.compile else self.model
+        if self.dist.is_distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model.model.embed_tokens.sparse = False  # DDP insists on sparse gradients from a "sparse" module
+            net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return net
+
+    @property
+    def elapsed(self) -> float:
+        return self.progress.elapsed + time.perf_counter() - self.t_start
+
+    def step(self, lr: float, wants_stop: Callable[[], bool]) -> tuple[float, float, bool]:
+        """One optimizer step; (mean loss, grad norm, whether any rank asked to stop)."""
+        loss_t, norm_t = self.stepper.step(self.batches, lr)
+        flags = all_reduce_sum(torch.stack([loss_t, torch.tensor(float(wants_stop()), device=self.device)]),
+                               self.dist)
+        loss, norm = flags[0].item() / self.dist.world_size, norm_t.item()
+        if not math.isfinite(loss) or (not math.isfinite(norm) and not self.stepper.scaler.is_enabled()):
+            raise TrainingDiverged(
+                f"loss {loss:.4g}, gradient norm {norm:.4g} at step {self.progress.step + 1} (lr {lr:.3g}): "
+                f"training diverged; stopped before applying this step. Last good checkpoint: "
+                f"{self.saved or 'none yet'}. Try a lower learning_rate"
+                + (" or dtype=float32" if self.dtype != torch.float32 else ""))
+        self.stepper.apply()
+        self.progress.step += 1
+        return loss, norm, flags[1].item() > 0
+
+    def log_step(self, loss: float, lr: float, norm: float, timer: _Timer) -> None:
+        p = self.progress
+        p.interval_loss, p.interval_steps = p.interval_loss + loss, p.interval_steps + 1
+        if p.step % self.cfg.log_interval and p.step != self.cfg.max_steps:
+            return
+        tps = timer.take() * self.tokens_per_step
+        p.last["loss"] = p.interval_loss / p.interval_steps
+        self.log.write({"type": "train", "step": p.step, "tokens": p.step * self.tokens_per_step,
+                        "loss": p.last["loss"], "lr": lr, "grad_norm": norm, "tokens_per_sec": tps,
+                        "mfu": tps / self.dist.world_size * self.flops / self.peak if self.peak else None,
+                        "elapsed": self.elapsed})
+        p.interval_loss, p.interval_steps = 0.0, 0
+
+    def evaluate_now(self, write: Callable[[str], None]) -> None:
+        """Validation loss (all ranks), logged; a new best is saved as checkpoints/best."""
+        p, cfg = self.progress, self.cfg
+        val_loss, count = evaluate(self.model, val_batches(cfg, self.meta, self.dist, self.device), self.device,
+                                   self.dtype, self.dist)
+        p.last.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)),
+                      val_bpc=val_bits_per_char(val_loss, self.meta))
+        self.log.write({"type": "eval", "step": p.step, "tokens": p.step * self.tokens_per_step,
+                        "val_loss": val_loss, "val_ppl": p.last["val_ppl"], "val_bpc": p.last["val_bpc"],
+                        "val_tokens": count})
+        bpc = f", {p.last['val_bpc']:.4f} bits/char" if p.last["val_bpc"] is not None else ""
+        if self.master:
+            write(f"step {p.step}: val loss {val_loss:.4f}, ppl {p.last['val_ppl']:.2f}{bpc}")
+        if self.master and (p.best_val_loss is None or val_loss < p.best_val_loss):
+            p.best_val_loss = val_loss
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self.model, self.tokenizer, p.step, None,
+                                 {"mode": cfg.mode, "tokens": p.step * self.tokens_per_step, "val_loss": val_loss,
+                                  "val_bpc": p.last["val_bpc"], "data": cfg.data})
+
+    def save(self) -> None:
+        """A step checkpoint on rank 0 (every rank waits for it)."""
+        p = self.progress
+        if self.master:
+            state = {**p.state(), "optimizer": self.optimizer.state_dict(), "loader": self.batches.state_dict(),
+                     "rng": rng_state(), "elapsed": self.elapsed, "scaler": self.stepper.scaler.state_dict()}
+            extra = {"mode": self.cfg.mode, "tokens": p.step * self.tokens_per_step,
+                     "val_loss": p.last["val_loss"], "data": self.cfg.data}
+            self.saved = ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"step_{p.step:07d}", self.model,
+                                              self.tokenizer, p.step, state, extra)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        barrier(self.dist)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+class _Timer:
+    """Seconds of training steps since the last `take` (for tokens/s), and over the whole session."""
+
+    def __init__(self):
+        self.steps = self.seconds = self.session_steps = self.session_seconds = 0
+
+    def add(self, seconds: float) -> None:
+        self.steps, self.seconds = self.steps + 1, self.seconds + seconds
+        self.session_steps, self.session_seconds = self.session_steps + 1, self.session_seconds + seconds
+
+    def take(self) -> float:
+        """Steps per second since the last call."""
+        rate = self.steps / self.seconds
+        self.steps = self.seconds = 0
+        return rate
 
 
 # --------------------------------------------------------------------------- the loop
@@ -254,155 +416,47 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     """
     dist, device = setup_distributed(cfg.device)
     try:
-        return _train(cfg, resume, overwrite, stop_after, dist, device)
+        run = Run(cfg, resume, overwrite, dist, device)
+        try:
+            return _loop(run, stop_after)
+        finally:
+            run.close()
     finally:
         teardown_distributed()
 
 
-def _train(cfg: TrainConfig, resume: bool, overwrite: bool, stop_after: Callable[[int], bool] | None,
-           dist: Dist, device: torch.device) -> dict[str, Any]:
-    master = dist.is_master
-    say = print if master else (lambda *a, **k: None)
-    run_dir = Path(cfg.out)
-    meta = loader.read_meta(cfg.data, cfg.mode)
-    check_data_fits(cfg, meta)
-    has_val = has_validation(cfg, meta)
-    if not has_val:
-        say(f"{cfg.data}: no validation rows; training without evaluation (best = none)")
-    tokenizer = data_tokenizer(cfg, meta)
-    source = latest_checkpoint(run_dir) if resume else (ckpt.resolve_checkpoint(cfg.init_from)
-                                                         if cfg.init_from else None)
-    model, cfg = model_for_run(cfg, meta, source, resume)
-    if master and not resume:
-        prepare_run_dir(run_dir, overwrite)
-    barrier(dist)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    model.to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    batches = train_batches(cfg, meta, dist, device)
-    state: dict[str, Any] = {}
-    if resume:
-        state = ckpt.load_state(source)
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-    if master:
-        save_config(cfg, run_dir / "config.json")
-    log = MetricsLog(run_dir, master, cfg.tensorboard, state.get("step", 0) if resume else None)
-    say(describe_model(model))
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps * dist.world_size
-    say(f"{cfg.mode} on {device.type} x{dist.world_size} in {str(dtype).removeprefix('torch.')}: "
-        f"{tokens_per_step:,} tokens per step" + (f", resuming {source}" if resume else "")
-        + (f", initialised from {source}" if source and not resume else ""))
-    if not resume:
-        log.write({"type": "start", "mode": cfg.mode, "params": model.num_params(),
-                   "non_embedding_params": model.num_params(non_embedding=True),
-                   "init_from": str(source) if source else None, "device": device.type,
-                   "dtype": str(dtype).removeprefix("torch."), "world_size": dist.world_size,
-                   "tokens_per_step": tokens_per_step})
-
-    net = torch.compile(model) if cfg.compile else model
-    if dist.is_distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model.model.embed_tokens.sparse = False  # DDP insists on sparse gradients from a "sparse" module
-
-        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
-    stepper = Stepper(net, optimizer, device, dtype, cfg.grad_accum_steps, cfg.grad_clip, dist.is_distributed)
-    if state.get("scaler"):
-        stepper.scaler.load_state_dict(state["scaler"])
-    flops = model_flops_per_token(model, cfg.block_size)
-    peak = peak_flops(device, dtype)[0] if master else 0.0
-
-    step = state.get("step", 0)
-    best = state.get("best_val_loss")
-    interval_loss, interval_steps = state.get("interval_loss", 0.0), state.get("interval_steps", 0)
-    elapsed0, t_start = state.get("elapsed", 0.0), time.perf_counter()
-    timed_steps, timed_seconds, session_steps, session_seconds = 0, 0.0, 0, 0.0
-    last: dict[str, Any] = {"loss": None, "val_loss": None, "val_ppl": None, "val_bpc": None}
-    saved: Path | None = source if resume else None
-    stopped_by = None
-
-    def save(step: int) -> Path:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "loader": batches.state_dict(),
-                 "rng": rng_state(), "best_val_loss": best, "elapsed": elapsed0 + time.perf_counter() - t_start,
-                 "interval_loss": interval_loss, "interval_steps": interval_steps,
-                 "scaler": stepper.scaler.state_dict()}
-        extra = {"mode": cfg.mode, "tokens": step * tokens_per_step, "val_loss": last["val_loss"], "data": cfg.data}
-        path = ckpt.save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}", model, tokenizer, step,
-                                    state, extra)
-        ckpt.prune_checkpoints(run_dir, cfg.keep_last)
-        return path
-
-    if step >= cfg.max_steps:
-        say(f"the run is already at step {step} = max_steps; pass a larger --max_steps to continue it")
-    def run_eval(step: int) -> None:
-        nonlocal best
-        val_loss, count = evaluate(model, val_batches(cfg, meta, dist, device), device, dtype, dist)
-        last.update(val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700.0)), val_bpc=bits_per_char(val_loss, meta))
-        log.write({"type": "eval", "step": step, "tokens": step * tokens_per_step, "val_loss": val_loss,
-                   "val_ppl": last["val_ppl"], "val_bpc": last["val_bpc"], "val_tokens": count})
-        bpc = f", {last['val_bpc']:.4f} bits/char" if last["val_bpc"] is not None else ""
-        if master:
-            bar.write(f"step {step}: val loss {val_loss:.4f}, ppl {last['val_ppl']:.2f}{bpc}")
-        if master and (best is None or val_loss < best):
-            best = val_loss
-            ckpt.save_checkpoint(run_dir / "checkpoints" / "best", model, tokenizer, step, None,
-                                 {"mode": cfg.mode, "tokens": step * tokens_per_step, "val_loss": val_loss,
-                                  "val_bpc": last["val_bpc"], "data": cfg.data})
-
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (cfg.progress and master), unit="step",
+def _loop(run: Run, stop_after: Callable[[int], bool] | None) -> dict[str, Any]:
+    cfg, p, timer = run.cfg, run.progress, _Timer()
+    if p.step >= cfg.max_steps:
+        run.say(f"the run is already at step {p.step} = max_steps; pass a larger --max_steps to continue it")
+    bar = tqdm(total=cfg.max_steps, initial=p.step, disable=not (cfg.progress and run.master), unit="step",
                dynamic_ncols=True, desc=cfg.mode)
-    model.train()
+    stopped_by = None
+    run.model.train()
     try:
         with StopSignals() as signals:
-            while step < cfg.max_steps:
-                t0 = time.perf_counter()
-                lr = lr_at(step, cfg)
-                loss_t, norm_t = stepper.step(batches, lr)
-                wants_stop = bool(signals.signum) or (stop_after is not None and stop_after(step + 1))
-                flags = all_reduce_sum(torch.stack([loss_t, torch.tensor(float(wants_stop), device=device)]), dist)
-                loss, norm = flags[0].item() / dist.world_size, norm_t.item()
-                if not math.isfinite(loss) or (not math.isfinite(norm) and not stepper.scaler.is_enabled()):
-                    raise TrainingDiverged(
-                        f"loss {loss:.4g}, gradient norm {norm:.4g} at step {step + 1} (lr {lr:.3g}): training "
-                        f"diverged; stopped before applying this step. Last good checkpoint: "
-                        f"{saved or 'none yet'}. Try a lower learning_rate"
-                        + (" or dtype=float32" if dtype != torch.float32 else ""))
-                stepper.apply()
-                step += 1
-                seconds = time.perf_counter() - t0
-                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + seconds
-                session_steps, session_seconds = session_steps + 1, session_seconds + seconds
-                interval_loss, interval_steps = interval_loss + loss, interval_steps + 1
+            while p.step < cfg.max_steps:
+                t0, lr = time.perf_counter(), lr_at(p.step, cfg)
+                loss, norm, stopping = run.step(lr, lambda: bool(signals.signum) or (
+                    stop_after is not None and stop_after(p.step + 1)))
+                timer.add(time.perf_counter() - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-                stopping = flags[1].item() > 0
-                if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                    tps = timed_steps * tokens_per_step / timed_seconds
-                    last["loss"] = interval_loss / interval_steps
-                    log.write({"type": "train", "step": step, "tokens": step * tokens_per_step,
-                               "loss": last["loss"], "lr": lr, "grad_norm": norm, "tokens_per_sec": tps,
-                               "mfu": tps / dist.world_size * flops / peak if peak else None,
-                               "elapsed": elapsed0 + time.perf_counter() - t_start})
-                    interval_loss, interval_steps, timed_steps, timed_seconds = 0.0, 0, 0, 0.0
-                if has_val and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_steps):
-                    run_eval(step)
-                if step % cfg.checkpoint_interval == 0 or step == cfg.max_steps or stopping:
-                    if master:
-                        saved = save(step)
-                    barrier(dist)
+                run.log_step(loss, lr, norm, timer)
+                if run.has_val and ((cfg.eval_interval and p.step % cfg.eval_interval == 0) or p.step == cfg.max_steps):
+                    run.evaluate_now(bar.write)
+                if p.step % cfg.checkpoint_interval == 0 or p.step == cfg.max_steps or stopping:
+                    run.save()
                 if stopping:
                     stopped_by = signal.Signals(signals.signum).name if signals.signum else "stop_after"
-                    say(f"stopped at step {step}; checkpoint {saved}; continue with --resume")
+                    run.say(f"stopped at step {p.step}; checkpoint {run.saved}; continue with --resume")
                     break
     finally:
         bar.close()
-        log.close()
-    return {"step": step, "tokens": step * tokens_per_step, "loss": last["loss"], "val_loss": last["val_loss"],
-            "val_ppl": last["val_ppl"], "val_bpc": last["val_bpc"], "best_val_loss": best,
-            "tokens_per_sec": session_steps * tokens_per_step / session_seconds if session_seconds else None,
-            "elapsed": elapsed0 + time.perf_counter() - t_start, "interrupted": stopped_by,
-            "signal": signals.signum, "checkpoint": str(saved) if saved else None, "run_dir": str(run_dir)}
+    return {"step": p.step, "tokens": p.step * run.tokens_per_step, "loss": p.last["loss"],
+            "val_loss": p.last["val_loss"], "val_ppl": p.last["val_ppl"], "val_bpc": p.last["val_bpc"],
+            "best_val_loss": p.best_val_loss,
+            "tokens_per_sec": timer.session_steps * run.tokens_per_step / timer.session_seconds
+            if timer.session_seconds else None,
+            "elapsed": run.elapsed, "interrupted": stopped_by, "signal": signals.signum,
+            "checkpoint": str(run.saved) if run.saved else None, "run_dir": str(run.run_dir)}

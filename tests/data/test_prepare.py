@@ -12,7 +12,8 @@ from miniglm.__main__ import main
 from miniglm.config import PrepareConfig
 from miniglm.data import DataError
 from miniglm.data import prepare as prepare_mod
-from miniglm.data.prepare import Corpus, capped_vocab_size, choose_val, prepare, token_dtype
+from miniglm.data.prepare import Corpus, capped_vocab_size, choose_val, prepare
+from miniglm.data.store import token_dtype
 from miniglm.data.text import read_documents, split_documents
 from miniglm.tokenizer import EOT, Tokenizer
 

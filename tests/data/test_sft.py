@@ -10,18 +10,23 @@ import pytest
 
 from miniglm.__main__ import main as miniglm_main
 from miniglm.config import SFTDataConfig
+from miniglm.data import store
 from miniglm.data.sft import (
     ELLIPSIS,
     SFTDataError,
     build_rows,
-    load_sft_split,
     prepare_sft,
-    read_sft_meta,
     render_example,
     row_stats,
 )
 from miniglm.data.sft_input import BadInput, read_examples
 from miniglm.tokenizer import EOT, Tokenizer, train_tokenizer
+
+
+def load_split(directory, split):
+    """(ids, mask, meta) of one split, through the format's one reader."""
+    meta = store.read_meta(directory, "sft")
+    return (*store.open_rows(directory, split, meta), meta)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -72,7 +77,7 @@ def prepare(tmp_path, tok, inputs, **cfg_kw):
     cfg = SFTDataConfig(**{"block_size": 64, "val_fraction": 0.0, **cfg_kw})
     out = tmp_path / "sft"
     result = prepare_sft(inputs, tok, out, cfg, progress=False)
-    ids, mask, meta = load_sft_split(out, "train")
+    ids, mask, meta = load_split(out, "train")
     return result, np.asarray(ids), np.asarray(mask), meta
 
 
@@ -261,7 +266,7 @@ def test_split_is_seeded_deterministic_and_by_example(tmp_path, tok):
     def run(seed, name):
         cfg = SFTDataConfig(block_size=64, val_fraction=0.2, seed=seed)
         prepare_sft([src], tok, tmp_path / name, cfg, progress=False)
-        return [np.asarray(load_sft_split(tmp_path / name, s)[0]) for s in ("train", "val")]
+        return [np.asarray(load_split(tmp_path / name, s)[0]) for s in ("train", "val")]
 
     a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
@@ -304,7 +309,7 @@ def test_cli_prepare_writes_directory_and_inspect_marks_answers(tmp_path, tok, c
     assert rc == 0 and "prepared SFT data" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "meta.json", "tokenizer.json", "train_ids.npy",
                                                      "train_mask.npy", "val_ids.npy", "val_mask.npy"]
-    meta = read_sft_meta(out)
+    meta = store.read_meta(out)
     assert meta["block_size"] == 48 and meta["tokenizer_sha256"] == tok.sha256
     assert Tokenizer.from_file(out / "tokenizer.json").sha256 == tok.sha256
     assert json.loads((out / "config.json").read_text())["block_size"] == 48
@@ -348,15 +353,15 @@ def test_config_file_and_preset_feed_prepare_sft(tmp_path, tok, capsys):
     # The `sft` training preset: its top-level block_size applies, its training keys are ignored.
     args = [str(src), "--tokenizer", str(tok.path), "--no-progress"]
     assert miniglm_main(["prepare-sft", *args, "--out", str(tmp_path / "a"), "--config", "sft"]) == 0
-    assert read_sft_meta(tmp_path / "a")["block_size"] == 128
+    assert store.read_meta(tmp_path / "a")["block_size"] == 128
     toml = tmp_path / "data.toml"
     toml.write_text("block_size = 200\n[prepare_sft]\nblock_size = 96\npack = true\n", encoding="utf-8")
     assert miniglm_main(["prepare-sft", *args, "--out", str(tmp_path / "b"), "--config", str(toml)]) == 0
-    meta = read_sft_meta(tmp_path / "b")
+    meta = store.read_meta(tmp_path / "b")
     assert meta["block_size"] == 96 and meta["pack"] is True
     assert miniglm_main(["prepare-sft", *args, "--out", str(tmp_path / "c"), "--config", str(toml),
                          "--block-size", "80", "--pack=false"]) == 0
-    meta = read_sft_meta(tmp_path / "c")
+    meta = store.read_meta(tmp_path / "c")
     assert meta["block_size"] == 80 and meta["pack"] is False
     assert miniglm_main(["prepare-sft", *args, "--out", str(tmp_path / "d"), "--block-size", "4"]) == 2
     assert "block_size" in capsys.readouterr().err and not (tmp_path / "d").exists()
@@ -386,7 +391,7 @@ def test_prepare_real_alpaca_file(tmp_path):
     assert c["examples_read"] == 992 and c["bad_lines"] == 0
     assert c["examples"] + c["skipped"] == 992 - c["duplicates_removed"]
     assert c["train_rows"] + c["val_rows"] == c["examples"] and c["val_rows"] > 0
-    ids, mask, _ = load_sft_split(tmp_path / "alpaca", "train")
+    ids, mask, _ = load_split(tmp_path / "alpaca", "train")
     assert int(np.asarray(mask).sum()) > 0 and ids.shape[1] == 129
 
 
@@ -440,7 +445,7 @@ def test_sft_training_lowers_answer_token_val_loss(tmp_path):
     sft_dir = tmp_path / "sft_data"
     prepare_sft([qa_path], tok, sft_dir, SFTDataConfig(block_size=64, val_fraction=0.1), progress=False)
     pretrained = checkpoint.load_checkpoint(tmp_path / "pre")
-    before, n_tokens = evaluate(pretrained.model, loader.sft_val_batches(sft_dir, 64, 8), torch.device("cpu"),
+    before, n_tokens = evaluate(pretrained.model, loader.sft_val_batches(sft_dir, store.read_meta(sft_dir, "sft"), 8), torch.device("cpu"),
                                 torch.float32, Dist())
     result = train(load_config(TrainConfig, "sft", [
         f"data={sft_dir}", f"out={tmp_path / 'sft'}", f"init_from={tmp_path / 'pre'}", "block_size=64",

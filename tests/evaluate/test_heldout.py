@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from miniglm.checkpoint import save_checkpoint
 from miniglm.config import ModelConfig, SampleConfig
+from miniglm.data import store
 from miniglm.evaluate import heldout as ev
 from miniglm.evaluate import qa
 from miniglm.evaluate import report as rep
@@ -41,26 +42,27 @@ def tiny(tmp_path_factory):
 def write_pretrain_dir(path, tok, docs=DOCS, sha=None):
     path.mkdir(parents=True, exist_ok=True)
     ids = [t for d in docs for t in tok.encode(d) + [tok.eot_id]]
-    np.asarray(ids, dtype="<u2").tofile(path / "val.bin")
-    meta = {"format_version": 1, "kind": "pretrain", "dtype": "uint16", "vocab_size": tok.vocab_size,
-            "eot_id": tok.eot_id, "pad_id": tok.pad_id, "tokenizer_sha256": sha or tok.sha256,
-            "val_tokens": len(ids), "val_chars": sum(len(d) for d in docs)}
-    (path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with store.TokenWriter(path / "val.bin", tok.vocab_size) as w:
+        w.write(ids)
+    store.write_meta(path, {"kind": "pretrain", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+                            "pad_id": tok.pad_id, "tokenizer_sha256": sha or tok.sha256,
+                            "val_tokens": len(ids), "val_chars": sum(len(d) for d in docs)})
     return ids
 
 
 def write_train_files(pre, sft, tok, pre_docs, sft_pairs, block=CONTEXT):
     """train.bin of a pretrain dir and train_ids.npy of an SFT dir (both with meta.json)."""
     write_pretrain_dir(pre, tok)
-    np.asarray([t for d in pre_docs for t in tok.encode(d) + [tok.eot_id]], dtype="<u2").tofile(pre / "train.bin")
+    with store.TokenWriter(pre / "train.bin", tok.vocab_size) as w:
+        w.write([t for d in pre_docs for t in tok.encode(d) + [tok.eot_id]])
     sft.mkdir(parents=True, exist_ok=True)
     ids = np.full((len(sft_pairs), block + 1), tok.pad_id, dtype=np.uint16)
     for r, pair in enumerate(sft_pairs):
         row = tok.render_conversation([pair])[0][:block + 1]
         ids[r, :len(row)] = row
-    np.save(sft / "train_ids.npy", ids)
-    (sft / "meta.json").write_text(json.dumps({"format_version": 1, "kind": "sft", "block_size": block,
-                                               "tokenizer_sha256": tok.sha256}), encoding="utf-8")
+    store.write_rows(sft, "train", ids, np.zeros((len(ids), block), dtype=np.uint8))
+    store.write_meta(sft, {"kind": "sft", "block_size": block, "vocab_size": tok.vocab_size,
+                           "tokenizer_sha256": tok.sha256})
 
 
 def manual_stream_nats(model, ids, block):
@@ -128,10 +130,9 @@ def test_heldout_sft_scores_only_masked_tokens(tiny, tmp_path):
                 expected_tokens += 1
     d = tmp_path / "sft"
     d.mkdir()
-    np.save(d / "val_ids.npy", ids)
-    np.save(d / "val_mask.npy", mask)
-    (d / "meta.json").write_text(json.dumps({"format_version": 1, "kind": "sft", "block_size": block,
-                                             "tokenizer_sha256": tok.sha256}), encoding="utf-8")
+    store.write_rows(d, "val", ids, mask)
+    store.write_meta(d, {"kind": "sft", "block_size": block, "vocab_size": tok.vocab_size,
+                         "tokenizer_sha256": tok.sha256})
     [res] = ev.evaluate_heldout(model, tok, d, batch_size=1)
     assert res.tokens_scored == expected_tokens == sum(len(tok.encode(a)) + 1 for _, a in pairs)
     assert res.loss == pytest.approx(expected_nats / expected_tokens, rel=1e-5)
@@ -338,7 +339,8 @@ def test_eval_cli_end_to_end_and_comparison(tiny, tmp_path, capsys):
     # two checkpoints side by side; default sampling temperature for eval is greedy
     run2 = tmp_path / "run2"
     torch.manual_seed(1)
-    np.asarray(tok.encode("天下大势"), dtype="<u2").tofile(tmp_path / "data" / "train.bin")
+    with store.TokenWriter(tmp_path / "data" / "train.bin", tok.vocab_size) as w:
+        w.write(tok.encode("天下大势"))
     save_checkpoint(run2 / "checkpoints" / "best", MiniGLM(tiny[0].config), tok, step=3,
                     extra={"data": str(tmp_path / "data")})
     assert main(["eval", str(run), str(run2), "--qa", str(qa_file), "--no-progress", "--max_new_tokens", "4",

@@ -17,7 +17,7 @@ from miniglm import checkpoint as ckpt
 from miniglm.cli.common import run_command
 from miniglm.cli.train import main as train_main
 from miniglm.config import TrainConfig, load_config
-from miniglm.data import DataError, loader
+from miniglm.data import DataError, loader, store
 from miniglm.errors import UserError
 from miniglm.model import model as model_module
 from miniglm.train.run import read_metrics
@@ -68,7 +68,7 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_pretrain_batches_are_windows_reproducible_and_resumable(data):
-    meta = loader.read_meta(data, "pretrain")
+    meta = store.read_meta(data, "pretrain")
     tokens = np.fromfile(data / "train.bin", dtype=np.uint16)
     a = loader.PretrainBatches(data, meta, block_size=16, batch_size=4, seed=3)
     x, y, mask = next(a)
@@ -84,7 +84,7 @@ def test_pretrain_batches_are_windows_reproducible_and_resumable(data):
 
 
 def test_ranks_split_the_single_process_batch(data):
-    meta = loader.read_meta(data, "pretrain")
+    meta = store.read_meta(data, "pretrain")
     single = loader.PretrainBatches(data, meta, 16, 8, seed=1)
     ranks = [loader.PretrainBatches(data, meta, 16, 4, seed=1, rank=r, world_size=2) for r in (0, 1)]
     for _ in range(3):
@@ -92,7 +92,7 @@ def test_ranks_split_the_single_process_batch(data):
 
 
 def test_pretrain_validation_covers_val_in_order(data):
-    meta = loader.read_meta(data, "pretrain")
+    meta = store.read_meta(data, "pretrain")
     val = np.fromfile(data / "val.bin", dtype=np.uint16)
     batches = list(loader.pretrain_val_batches(data, meta, block_size=16, batch_size=5))
     xs = torch.cat([x for x, _, _ in batches]).flatten()
@@ -107,7 +107,8 @@ def test_pretrain_validation_covers_val_in_order(data):
 def test_sft_batches_cover_each_epoch_and_align_mask(sft_data):
     ids = np.load(sft_data / "train_ids.npy")
     mask = np.load(sft_data / "train_mask.npy")
-    b = loader.SFTBatches(sft_data, block_size=32, batch_size=4, seed=0)
+    meta = store.read_meta(sft_data, "sft")
+    b = loader.SFTBatches(sft_data, meta, batch_size=4, seed=0)
     seen = [r for k in range(6) for r in b.rows(k)]  # 24 rows = one epoch
     assert sorted(seen) == list(range(24))
     assert [r for k in range(6, 12) for r in b.rows(k)] != seen  # next epoch reshuffled
@@ -115,17 +116,19 @@ def test_sft_batches_cover_each_epoch_and_align_mask(sft_data):
     rows = sorted(b.rows(0))
     assert x.tolist() == ids[rows, :-1].tolist() and y.tolist() == ids[rows, 1:].tolist()
     assert m.tolist() == mask[rows].tolist() and m.dtype == torch.float32
-    val = list(loader.sft_val_batches(sft_data, 32, 4))
+    val = list(loader.sft_val_batches(sft_data, meta, 4))
     assert sum(len(v[0]) for v in val) == 6
 
 
 def test_bad_data_dirs_are_clear_errors(tmp_path, data):
-    with pytest.raises(DataError, match="meta.json: not found"):
-        loader.read_meta(tmp_path, "pretrain")
-    with pytest.raises(DataError, match="'pretrain' directory, but this run needs 'sft'"):
-        loader.read_meta(data, "sft")
+    with pytest.raises(DataError, match="not a prepared data directory \\(no meta.json"):
+        store.read_meta(tmp_path, "pretrain")
+    with pytest.raises(DataError, match="a prepared 'pretrain' directory, but 'sft' data is needed"):
+        store.read_meta(data, "sft")
+    sft = make_sft_dir(tmp_path / "s", data, block_size=32)
+    meta = store.read_meta(sft, "sft")
     with pytest.raises(DataError, match="expected \\(N, 17\\)"):
-        loader.open_rows(make_sft_dir(tmp_path / "s", data, block_size=32), "train", 16)
+        store.open_rows(sft, "train", {**meta, "block_size": 16})
 
 
 # --------------------------------------------------------------------------- training runs
@@ -225,10 +228,12 @@ def test_sft_mode_from_a_pretrained_run(data, sft_data, tmp_path):
     assert json.loads((tmp_path / "sft" / "config.json").read_text())["model"]["hidden_size"] == 32
 
 
-def test_sft_block_size_must_match_the_rows(data, sft_data, tmp_path):
-    cfg = tiny_config(sft_data, tmp_path / "sft", mode="sft", block_size=16)
-    with pytest.raises(DataError, match="block_size=16, but the SFT rows .* block_size=32"):
-        train(cfg)
+def test_sft_takes_block_size_from_its_rows(data, sft_data, tmp_path):
+    train(tiny_config(data, tmp_path / "pre", max_steps=1))
+    cfg = tiny_config(sft_data, tmp_path / "sft", mode="sft", block_size=16, max_steps=1,
+                      init_from=str(tmp_path / "pre"))
+    train(cfg)  # the config's 16 is not what the rows have (32): the rows win
+    assert json.loads((tmp_path / "sft" / "config.json").read_text())["block_size"] == 32
 
 
 def test_vocab_and_tokenizer_mismatches_are_refused(data, tmp_path):
