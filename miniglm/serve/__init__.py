@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible API, the web chat and the arena."""
