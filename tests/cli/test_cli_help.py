@@ -10,7 +10,7 @@ import pytest
 from miniglm.__main__ import COMMANDS, main
 
 # commands with sub-actions: their --help is checked for each action too
-SUBCOMMANDS = {"tokenizer": ["train"]}
+SUBCOMMANDS = {"tokenizer": ["train"], "arena": ["leaderboard"]}
 CASES = [[name] for name in COMMANDS] + [[name, sub] for name, subs in SUBCOMMANDS.items() for sub in subs]
 
 

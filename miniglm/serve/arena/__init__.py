@@ -1,0 +1,1 @@
+"""The arena: battles between contestants, the votes log and the ratings computed from it."""
