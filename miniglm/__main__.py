@@ -19,8 +19,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "pretrain or fine-tune (SFT); resumable; single process or torchrun"),
     "sample": ("sample", "generate completions from a checkpoint"),
     "chat": ("chat", "interactive terminal chat with a checkpoint"),
+    "serve": ("serve", "OpenAI-compatible HTTP API (batched streaming) and, with --ui, a web chat page"),
     "eval": ("eval", "loss/perplexity/bits-per-char, Q&A scores and answer-quality checks"),
     "plot": ("plot", "loss and metric curves from run directories as PNG figures"),
+    "export": ("export", "a checkpoint as a Hugging Face model directory or a GGUF file (llama.cpp)"),
+    "judge": ("judge", "grade answers against references with an LLM judge; compare two checkpoints"),
+    "arena": ("arena", "two models side by side in the browser, blind votes, leaderboard with intervals"),
     "demo": ("demo", "the whole pipeline on the bundled data, in one command"),
 }
 
