@@ -20,7 +20,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pretrai
 def chars_per_token(tok, docs: list[str]) -> tuple[float, float]:
     """(chars/token, seconds to encode)."""
     t0 = time.perf_counter()
-    tokens = sum(len(ids) for _, ids in encode_batches(tok, docs, 256))
+    tokens = sum(len(ids) for _, ids, _ in encode_batches(tok, docs, 256))
     return sum(map(len, docs)) / tokens, time.perf_counter() - t0
 
 

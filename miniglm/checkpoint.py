@@ -10,22 +10,29 @@ moment leaves every earlier checkpoint intact (a half-written `*.tmp*` directory
 `state.pt` (optimizer, step, RNG, data position) holds only tensors and plain Python values and is
 read with `torch.load(weights_only=True)`; nothing is ever unpickled. Loading is strict: a
 different format version, tokenizer or tensor shape is an error that says exactly what differs.
+A Hugging Face Llama directory (config.json + safetensors + tokenizer.json) reads as a checkpoint
+too (`miniglm.export.hf_import`), so `--init-from` and every command that loads a model accept one.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
+import pickle
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from miniglm.config import ConfigError, ModelConfig, load_config
 from miniglm.errors import UserError
+from miniglm.export import hf_import
+from miniglm.io import atomic_dir, atomic_write_json, write_new
 from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
 
@@ -59,15 +66,6 @@ def save_checkpoint(path: str | Path, model: MiniGLM, tokenizer: Tokenizer, step
                     state: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write a complete checkpoint directory at `path` (replacing one that exists), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_weights_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-    if state is not None:
-        torch.save(state, tmp / STATE)
-    tokenizer.hf.save(str(tmp / TOKENIZER))
     meta = {
         "format_version": FORMAT_VERSION,
         "step": step,
@@ -75,22 +73,19 @@ def save_checkpoint(path: str | Path, model: MiniGLM, tokenizer: Tokenizer, step
         "tokenizer_sha256": tokenizer.sha256,
         **(extra or {}),
     }
-    (tmp / META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync_dir(tmp)
-    if path.exists():  # replace: move the old one aside first, so one complete copy always exists
-        old = path.with_name(f"{path.name}.old{os.getpid()}")
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
+    # Serialised in memory and written by `write_new`: the serialisers' own file writers report a
+    # full disk as an obscure RuntimeError; this way it is an OSError naming the file. Every file
+    # is fsynced before `atomic_dir` renames the directory into place.
+    with atomic_dir(path) as tmp:
+        write_new(tmp / WEIGHTS, safetensors_bytes(_weights_dict(model), metadata={"format": "pt"}))
+        if state is not None:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            write_new(tmp / STATE, buf.getbuffer())
+            del buf
+        tokenizer.save(tmp / TOKENIZER)
+        atomic_write_json(tmp / META, meta)
     return path
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -111,7 +106,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint or run directory not found: {path}")
-    if is_checkpoint(path):
+    if is_checkpoint(path) or hf_import.is_hf_directory(path):  # a Hugging Face Llama dir reads as one
         return path
     steps = list_checkpoints(path)
     best = path / "checkpoints" / "best"
@@ -126,6 +121,8 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
+    if hf_import.is_hf_directory(ckpt):
+        return hf_import.read_meta(ckpt)
     try:
         meta = json.loads((ckpt / META).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -139,10 +136,13 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
 
 def load_weights(model: MiniGLM, ckpt: Path) -> None:
     """Strictly load `ckpt`'s weights into `model`; every missing/extra/mis-shaped tensor is named."""
-    try:
-        tensors = load_file(str(ckpt / WEIGHTS))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{ckpt / WEIGHTS}: unreadable weights ({e})") from None
+    if hf_import.is_hf_directory(ckpt):
+        tensors = hf_import.read_tensors(ckpt, model.config.tie_word_embeddings)
+    else:
+        try:
+            tensors = load_file(str(ckpt / WEIGHTS))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{ckpt / WEIGHTS}: unreadable weights ({e})") from None
     expected = _weights_dict(model)
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -188,9 +188,17 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     if not (ckpt / STATE).is_file():
         raise CheckpointError(f"{ckpt}: no {STATE} (a weights-only checkpoint cannot be resumed)")
     try:
-        return torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's multi-line advice about foreign pickles is not for users
+            warnings.simplefilter("ignore")
+            return torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a file we did not write
+        raise CheckpointError(f"{ckpt / STATE}: not a valid training state (it holds objects other than "
+                              f"tensors and plain values; refusing to load it)") from None
+    except OSError:
+        raise
     except Exception as e:
-        raise CheckpointError(f"{ckpt / STATE}: unreadable training state ({e})") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{ckpt / STATE}: not a valid training state ({reason[:200]})") from None
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:

@@ -99,12 +99,14 @@ class PrepareConfig:
     split_on: Literal["document", "chapter", "paragraph"] = opt(
         "chapter", "what a 'document' is inside a .txt file: the whole file, a chapter (第…回/章), or a paragraph")
     encode_batch_size: int = opt(256, "documents per batch handed to the (multi-threaded) encoder")
+    tokenizer_sample_mb: float = opt(0.0, "train the tokenizer on about this many MB of train documents; 0 = all")
 
     def __post_init__(self) -> None:
         _require(256 + 2 <= self.vocab_size <= 4_294_967_295, "vocab_size", f"must be >= 258, got {self.vocab_size}")
         _require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _require(self.min_frequency >= 1, "min_frequency", "must be >= 1")
         _require(self.encode_batch_size >= 1, "encode_batch_size", "must be >= 1")
+        _require(self.tokenizer_sample_mb >= 0, "tokenizer_sample_mb", "must be >= 0")
 
 
 @dataclass
@@ -138,6 +140,7 @@ class TrainConfig:
     out: str = opt("runs/default", "run directory (config, metrics, checkpoints)")
     init_from: str = opt("", "start from this run's weights (SFT from a pretrained run)")
     max_steps: int = opt(1000, "optimizer steps")
+    max_minutes: float = opt(0.0, "time budget: fit max_steps (and the cosine schedule) to the measured speed; 0 = off")
     batch_size: int = opt(16, "sequences per micro-batch (per process)")
     grad_accum_steps: int = opt(1, "micro-batches per optimizer step")
     block_size: int = opt(512, "tokens per sequence (<= model.max_position_embeddings); SFT takes it from its rows")
@@ -156,7 +159,11 @@ class TrainConfig:
     seed: int = opt(1337, "seed for init, batches and dropout-free sampling")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "where to train; auto = cuda if available")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "autocast dtype; auto = bfloat16 on CUDA with bf16 support, float32 on CPU (measured)")
+        "auto", "autocast dtype; auto = bfloat16 on CUDA with bf16 support and on CPUs with native bf16 "
+                "(avx512_bf16/amx_bf16), else float32; resolved once and recorded, so --resume keeps it")
+    matmul: Literal["auto", "onednn", "blas"] = opt(
+        "auto", "float32 CPU matrix products: onednn or the default blas; auto = onednn on CPUs with "
+                "AVX-512; resolved once and recorded, so --resume keeps it (the two round differently)")
     compile: bool = opt(False, "torch.compile the model")
     tensorboard: bool = opt(False, "also log to TensorBoard (needs the tensorboard package)")
     progress: bool = opt(True, "show a progress bar")
@@ -167,6 +174,7 @@ class TrainConfig:
             _require(getattr(self, k) > 0, k, f"must be > 0, got {getattr(self, k)}")
         for k in ("warmup_steps", "eval_interval", "eval_steps", "weight_decay", "grad_clip"):
             _require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
+        _require(self.max_minutes >= 0, "max_minutes", f"must be >= 0, got {self.max_minutes}")
         _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0 <= self.min_lr <= self.learning_rate, "min_lr", "must be in [0, learning_rate]")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")

@@ -2,16 +2,16 @@
 
 - `resolve_device("auto")`: CUDA if available, else the CPU (MPS only when asked for).
 - `resolve_dtype("auto", device)`: bfloat16 on CUDA GPUs that support it (float16 with loss
-  scaling on older ones); on a CPU, bfloat16 if this CPU multiplies bf16 matrices at least 1.5x
-  faster than float32 (measured once per process, ~1 s), else float32. Chosen by measurement:
-  on this project's 2-core AMD EPYC (AVX512-BF16) the matmul peaks are 0.94 vs 0.50 TFLOP/s and
-  whole training steps of the `base` preset run 2,011 vs 1,135 tokens/s (bench/train.py, 50k
-  vocabulary; 3,522 vs 1,706 with 16k); CPUs without native bf16 emulate it and get float32.
+  scaling on older ones); on a CPU, bfloat16 only if it has native bf16 instructions (the
+  avx512_bf16 or amx_bf16 flag in /proc/cpuinfo), else float32. A fixed rule, not a timing, so
+  every process of a run decides the same (the trainer also records the choice and reuses it on
+  resume). With native bf16 a CPU multiplies bf16 matrices about twice as fast as float32; without
+  it bf16 is emulated and far slower (figures in bench/README.md).
 - `tune_cpu_allocator()`: on Linux/glibc, keeps freed memory in the process instead of handing
   it back to the kernel after every step. Training frees and re-allocates the same large buffers
   every step (logit chunks, weight casts, gradients); returned memory must be page-faulted in
-  again, which on this project's VMs cost 10-25% of a CPU training step (an 8k-token step of
-  the `base` model touched 0.5-2 GB of fresh pages). Called by the trainer when it trains on a CPU.
+  again at a cost that showed in every CPU training step (bench/README.md). Called by the
+  trainer when it trains on a CPU.
 - `setup_distributed(device)`: under `torchrun` (WORLD_SIZE > 1 in the environment) joins the
   process group, NCCL on GPUs and gloo on CPUs; each rank on GPU `LOCAL_RANK`.
 """
@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 from miniglm.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CPU_BF16_SPEEDUP = 1.5  # bf16 matmul must beat float32 by this factor to be chosen on a CPU
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of bf16 matmul instructions
 
 
 class DeviceError(UserError, RuntimeError):
@@ -83,11 +84,22 @@ def resolve_dtype(name: str, device: torch.device, scoring: bool = False) -> tor
     return torch.float32
 
 
+@functools.cache
 def cpu_prefers_bf16() -> bool:
-    """True if this CPU's bf16 matmul is clearly faster than float32 (measured, cached)."""
-    from miniglm.train.mfu import measure_matmul_peak
+    """True if this CPU multiplies bf16 natively (see NATIVE_BF16_FLAGS); read once per process."""
+    return bool(cpu_flags() & set(NATIVE_BF16_FLAGS))
 
-    return measure_matmul_peak("cpu", torch.bfloat16) > CPU_BF16_SPEEDUP * measure_matmul_peak("cpu", torch.float32)
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as the Linux kernel lists them (empty where there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):  # x86, ARM
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def tune_cpu_allocator() -> bool:

@@ -37,6 +37,15 @@ def build_parser() -> Parser:
     return p
 
 
+def is_utf8(line: str) -> bool:
+    """False for a line read with errors="surrogateescape" that held bytes invalid in UTF-8."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def pick_mode(requested: str, meta: dict) -> str:
     if requested != "auto":
         return requested
@@ -103,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     write(f"MiniGLM {mode} mode, {loaded.path} (step {loaded.meta.get('step')}). {HELP}.\n")
     prompt = USER_PREFIX if mode == "chat" else "> "
+    if hasattr(sys.stdin, "reconfigure"):  # bad bytes reach us as surrogates, not as a decode error mid-read
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input(prompt).strip()
@@ -110,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             write("\n")
             return 0
         if not line:
+            continue
+        if not is_utf8(line):
+            write("[that line is not UTF-8 text; skipped (check the terminal's encoding)]\n")
             continue
         if line in ("/exit", "/quit"):
             return 0

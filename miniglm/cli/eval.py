@@ -18,6 +18,8 @@ from pathlib import Path
 from miniglm.cli.common import Parser
 from miniglm.config import SampleConfig, add_config_arguments, load_config, overrides_from_args
 from miniglm.errors import UserError
+from miniglm.extras import require
+from miniglm.io import check_output_dir
 
 EVAL_SAMPLE_DEFAULTS = {"temperature": 0.0}  # greedy: the same answers every time
 
@@ -52,6 +54,8 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.qa:  # BLEU/chrF of the answers; checked before any model is loaded
+        require("sacrebleu", "eval")
     from miniglm.evaluate import report as rep
     from miniglm.evaluate.heldout import check_inputs
     from miniglm.evaluate.qa import load_qa
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
     cfg = load_config(SampleConfig, overrides=[f"{k}={v}" for k, v in EVAL_SAMPLE_DEFAULTS.items()]
                       + overrides_from_args(args))
+    out = Path(args.out) if args.out else rep.default_out(args.runs[0])
+    check_output_dir(out)  # now, not after the whole evaluation
     items = load_qa(args.qa, args.limit) if args.qa else None
     data = args.data
     if data is None and not args.text and items is None:
@@ -81,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
                 "data": str(data) if data else None, "text": list(args.text), "qa_file": args.qa,
                 "limit": args.limit}
     report = rep.build_report(results, settings)
-    out = Path(args.out) if args.out else rep.default_out(args.runs[0])
     js, md = rep.write_report(report, out)
     print("\n".join(rep.summary_table(report)))
     print(f"wrote {js} and {md}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from miniglm.cli.common import Parser
-from miniglm.data.fetch import DEFAULT_OUT, MIRROR_ENV, SOURCES, FetchedFile, fetch
+from miniglm.data.fetch import DEFAULT_OUT, MAX_BYTES, MIRROR_ENV, SOURCES, FetchedFile, fetch
 
 
 def build_parser() -> Parser:
@@ -27,6 +27,8 @@ def build_parser() -> Parser:
     p.add_argument("--force", action="store_true", help="fetch again files that already exist")
     p.add_argument("--retries", type=int, default=4, help="retries after a dropped connection or 5xx (default: 4)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait on a silent connection (default: 30)")
+    p.add_argument("--max-bytes", type=int, default=MAX_BYTES, metavar="N",
+                   help=f"refuse a file larger than N bytes (downloads stop there; default {MAX_BYTES:,}; 0 = no limit)")
     p.add_argument("--no-progress", action="store_true", help="hide the download progress bars")
     p.add_argument("--list", action="store_true", help="list the named sources and their files, then exit")
     return p
@@ -52,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.targets:
         parser.error("give at least one NAME, URL or PATH (see --list for named sources)")
-    if args.retries < 0 or args.timeout <= 0:
-        parser.error("--retries must be >= 0 and --timeout > 0")
+    if args.retries < 0 or args.timeout <= 0 or args.max_bytes < 0:
+        parser.error("--retries and --max-bytes must be >= 0 and --timeout > 0")
     files = fetch(args.targets, args.out, name=args.name, mirror=args.mirror, force=args.force,
-                  retries=args.retries, timeout=args.timeout, progress=not args.no_progress)
+                  retries=args.retries, timeout=args.timeout, progress=not args.no_progress,
+                  max_bytes=args.max_bytes)
     for f in files:
         print(describe(f))
     return 0

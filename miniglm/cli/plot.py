@@ -15,6 +15,8 @@ from pathlib import Path
 
 from miniglm.cli.common import Parser
 from miniglm.errors import UserError
+from miniglm.extras import require
+from miniglm.io import check_output_dir
 
 
 def build_parser() -> Parser:
@@ -29,6 +31,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require("matplotlib", "eval")  # before reading anything: a missing extra is a one-line hint
     if not args.runs and not args.report:
         raise UserError("nothing to plot: give RUN_DIR(s) and/or --report FILE(s)")
     from miniglm.evaluate.plot import plot_runs
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         first = Path(args.report[0])
         out = first if first.is_dir() else first.parent
+    check_output_dir(out)  # before reading and drawing
     paths = plot_runs(args.runs, out, reports)
     if not paths:
         raise UserError("the given reports hold no Q&A results to plot")

@@ -25,6 +25,8 @@ def build_parser() -> Parser:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="TOML file (or preset name) with PrepareConfig fields at top level or in [prepare]")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it holds another kind of directory (a run, SFT data)")
     add_config_arguments(p, PrepareConfig)
     return p
 
@@ -32,7 +34,8 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(PrepareConfig, args.config, overrides_from_args(args), section="prepare")
-    result = prepare(args.inputs, args.out, cfg, tokenizer=args.tokenizer, progress=not args.no_progress)
+    result = prepare(args.inputs, args.out, cfg, tokenizer=args.tokenizer, progress=not args.no_progress,
+                     overwrite=args.overwrite)
     m = result.meta
     mb = result.input_bytes / 1e6
     print(f"prepared {m['train_documents'] + m['val_documents']} documents from {len(m['sources'])} files "
@@ -41,5 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  train: {m['train_tokens']:,} tokens, {m['train_documents']} documents; "
           f"val: {m['val_tokens']:,} tokens, {m['val_documents']} documents")
     print(f"  vocab {m['vocab_size']:,} ({m['dtype']}), {m['chars_per_token']:.3f} chars/token")
+    if cfg.tokenizer_sample_mb and m.get("tokenizer_trained_on"):
+        t = m["tokenizer_trained_on"]
+        print(f"  tokenizer trained on a sample: {t['documents']} train documents, {t['chars']:,} chars")
     print("  wrote " + ", ".join(str(f) for f in result.files))
     return 0

@@ -10,6 +10,7 @@ import textwrap
 from miniglm.cli.common import Parser
 from miniglm.config import SFTDataConfig, add_config_arguments, load_config, overrides_from_args
 from miniglm.data.sft import RULE, SFTResult, load_tokenizer, prepare_sft
+from miniglm.io import check_output_dir
 
 DESCRIPTION = """\
 Render question/answer examples with the chat template (问：{question}\\n答：{answer}<|endoftext|>)
@@ -67,6 +68,7 @@ def summary(result: SFTResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(SFTDataConfig, args.config, overrides_from_args(args), section="prepare_sft")
+    check_output_dir(args.out)  # before reading and tokenizing the inputs
     tokenizer = load_tokenizer(args.tokenizer)
     result = prepare_sft(args.inputs, tokenizer, args.out, cfg, eval_file=args.eval_file,
                          progress=not args.no_progress)

@@ -15,7 +15,9 @@ whole run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import stat
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 from miniglm.cli.common import Parser
 from miniglm.config import SampleConfig, add_config_arguments, load_config, overrides_from_args
 from miniglm.errors import UserError
-from miniglm.io import atomic_write
+from miniglm.io import check_output_dir, check_writable_target, write_output
 from miniglm.tokenizer import ASSISTANT_PREFIX, USER_PREFIX
 
 
@@ -37,7 +39,9 @@ def build_parser() -> Parser:
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt (default 1)")
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when the text contains STR (cut before it); repeatable; \\n and \\t are understood")
-    p.add_argument("--output", metavar="FILE", help="also write every sample as one JSON object per line")
+    p.add_argument("--output", metavar="FILE",
+                   help="also write every sample as one JSON object per line (- = stdout; a device or FIFO "
+                        "is written to directly, a regular file replaced atomically)")
     p.add_argument("--chat", action="store_true", help="treat prompts as questions in the chat template")
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="prompts generated together when not streaming (default 8)")
@@ -72,25 +76,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
     cfg = load_config(SampleConfig, overrides=overrides_from_args(args))
+    if args.output and args.output != "-" and not is_special(Path(args.output)):
+        check_writable_target(Path(args.output))  # now, not after generating
+        check_output_dir(Path(args.output).parent)
     prompts = read_prompts(args)
     stop = [unescape(s) for s in args.stop]
     from miniglm.generate import text as textgen
 
     loaded = textgen.load_for_generation(args.run_dir, cfg)
     jobs = [(i, j, prompt) for i, prompt in enumerate(prompts) for j in range(args.num_samples)]
-    streaming = len(jobs) == 1 and sys.stdout.isatty()
-    start = time.perf_counter()
-    records = []
-    for chunk in ([jobs[k:k + args.batch_size] for k in range(0, len(jobs), args.batch_size)]
-                  if not streaming else [jobs]):
-        records += run_chunk(loaded, chunk, cfg, stop, args.chat, streaming)
-    wall = time.perf_counter() - start
+    # with --output - the JSONL owns stdout: the readable text and the summary go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.output == "-" else contextlib.nullcontext():
+        streaming = len(jobs) == 1 and sys.stdout.isatty()
+        start = time.perf_counter()
+        records = []
+        for chunk in ([jobs[k:k + args.batch_size] for k in range(0, len(jobs), args.batch_size)]
+                      if not streaming else [jobs]):
+            records += run_chunk(loaded, chunk, cfg, stop, args.chat, streaming)
+        wall = time.perf_counter() - start
     if args.output:
-        write_jsonl(Path(args.output), records)
+        write_output(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     tokens = sum(r["new_tokens"] for r in records)
     chars = sum(len(r["text"]) for r in records)
     print(f"{len(records)} sample(s): {tokens} tokens, {chars} chars in {wall:.2f} s -> "
-          f"{tokens / wall:.1f} tokens/s, {chars / wall:.1f} chars/s")
+          f"{tokens / wall:.1f} tokens/s, {chars / wall:.1f} chars/s", file=sys.stderr if args.output == "-" else None)
     return 0
 
 
@@ -129,10 +138,13 @@ def print_header(i: int, j: int, prompt: str, chat: bool) -> None:
     print(USER_PREFIX + prompt + ASSISTANT_PREFIX if chat else prompt, end="", flush=True)
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """All records at once, via a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+def is_special(path: Path) -> bool:
+    """A device or FIFO (e.g. /dev/stdout): written to directly by `write_output`, never replaced."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def train(args) -> int:
     seconds = time.perf_counter() - t0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = tok.save(args.out)
-    tokens = sum(len(ids) for _, ids in encode_batches(tok, corpus.documents(), cfg.encode_batch_size))
+    tokens = sum(len(ids) for _, ids, _ in encode_batches(tok, corpus.documents(), cfg.encode_batch_size))
     print(f"trained on {len(corpus)} documents ({corpus.chars:,} chars) in {seconds:.1f}s; "
           f"vocab {tok.vocab_size:,} (requested {cfg.vocab_size:,})")
     print(f"  {corpus.chars / max(tokens, 1):.3f} chars/token on the training text ({tokens:,} tokens)")

@@ -36,6 +36,7 @@ from miniglm.config import (
     parse_overrides,
 )
 from miniglm.errors import UserError
+from miniglm.io import check_confined
 
 
 def build_parser() -> Parser:
@@ -71,6 +72,7 @@ def resolve_config(args) -> TrainConfig:
 
 
 def read_saved_config(run_dir: Path) -> dict:
+    check_confined(run_dir)  # a config.json linked from elsewhere is not this run's
     path = run_dir / "config.json"
     if not path.is_file():
         raise UserError(f"{path}: not found; nothing to resume (or pass --config)")

@@ -13,6 +13,8 @@ The named sources are data, not code (`SOURCES`). Their URLs were written down o
 not be checked from the machine that wrote them; sizes and checksums are optional per file and
 only given where known. `--mirror URL` (or `$MINIGLM_MIRROR`) replaces a named source's base URL,
 e.g. for a local copy; a `{name}` in it becomes the source's name.
+Every file is capped at `max_bytes` (`--max-bytes`, default 1 GiB): checked against Content-Length
+before a download starts and again while it streams, and against the size of a local file.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ DEFAULT_OUT = "data/raw"
 MIRROR_ENV = "MINIGLM_MIRROR"
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 CHUNK = 1 << 16
+MAX_BYTES = 1 << 30  # default cap on one file: the named sources are a few MB each; 0 = no cap
 
 
 class FetchError(DataError):
@@ -154,7 +157,12 @@ def _expected_total(resp: http.client.HTTPResponse, start: int) -> int | None:
     return start + int(length) if length and length.isdigit() else None
 
 
-def _download_once(url: str, part: Path, timeout: float, progress: bool) -> None:
+def _too_big(url: str, size: int, max_bytes: int) -> FetchError:
+    return FetchError(f"{url}: {size:,} bytes is over the --max-bytes limit of {max_bytes:,} "
+                      f"(raise it, or 0 for no limit)")
+
+
+def _download_once(url: str, part: Path, timeout: float, progress: bool, max_bytes: int = 0) -> None:
     from tqdm import tqdm
 
     have = part.stat().st_size if part.exists() else 0
@@ -171,6 +179,8 @@ def _download_once(url: str, part: Path, timeout: float, progress: bool) -> None
             part.unlink()  # an answer for some other range: start over
             raise _Retryable(f"unexpected Content-Range {resp.headers.get('Content-Range')!r}")
         total = _expected_total(resp, start)
+        if max_bytes and total is not None and total > max_bytes:
+            raise _too_big(url, total, max_bytes)  # said up front: nothing downloaded
         part.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "ab" if start else "wb") as f, tqdm(
                 total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
@@ -182,6 +192,10 @@ def _download_once(url: str, part: Path, timeout: float, progress: bool) -> None
                     raise _Retryable(f"connection dropped ({type(e).__name__})") from None
                 if not chunk:
                     break
+                if max_bytes and f.tell() + len(chunk) > max_bytes:  # no or a false Content-Length
+                    f.close()
+                    part.unlink()
+                    raise _too_big(url, f.tell() + len(chunk), max_bytes)
                 f.write(chunk)
                 bar.update(len(chunk))
     got = part.stat().st_size
@@ -193,11 +207,11 @@ def _download_once(url: str, part: Path, timeout: float, progress: bool) -> None
 
 
 def download(url: str, part: Path, *, size: int | None = None, sha256: str | None = None, retries: int = 4,
-             backoff: float = 1.0, timeout: float = 30.0, progress: bool = True) -> None:
+             backoff: float = 1.0, timeout: float = 30.0, progress: bool = True, max_bytes: int = MAX_BYTES) -> None:
     """Fill `part` with the body of `url`, resuming a previous partial download; verify it."""
     for attempt in range(retries + 1):
         try:
-            _download_once(url, part, timeout, progress)
+            _download_once(url, part, timeout, progress, max_bytes)
             break
         except _Retryable as e:
             if attempt == retries:
@@ -266,7 +280,7 @@ def _jobs(targets: Sequence[str], out: Path, name: str, mirror: str | None) -> l
 
 def fetch(targets: Sequence[str], out: str | Path = DEFAULT_OUT, *, name: str = "custom", mirror: str | None = None,
           force: bool = False, retries: int = 4, backoff: float = 1.0, timeout: float = 30.0,
-          progress: bool = True) -> list[FetchedFile]:
+          progress: bool = True, max_bytes: int = MAX_BYTES) -> list[FetchedFile]:
     """Fetch named sources, URLs and local files into `<out>/<name>/*.txt` (see the module docstring)."""
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     done: list[FetchedFile] = []
@@ -275,11 +289,13 @@ def fetch(targets: Sequence[str], out: str | Path = DEFAULT_OUT, *, name: str = 
             done.append(FetchedFile(job.dest, job.origin, skipped=True))
             continue
         if not urlparse(job.origin).scheme.startswith("http"):
+            if max_bytes and (size := Path(job.origin).stat().st_size) > max_bytes:
+                raise _too_big(job.origin, size, max_bytes)
             done.append(convert(Path(job.origin).read_bytes(), job.origin, job.dest))
             continue
         part = job.dest.with_name(job.dest.name + ".part")
         download(job.origin, part, size=job.size, sha256=job.sha256, retries=retries, backoff=backoff,
-                 timeout=timeout, progress=progress)
+                 timeout=timeout, progress=progress, max_bytes=max_bytes)
         done.append(convert(part.read_bytes(), job.origin, job.dest))
         part.unlink()
     return done

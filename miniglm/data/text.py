@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import codecs
 import html
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from miniglm.io import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 UNITS = ("document", "chapter", "paragraph")
+READ_CHUNK = 1 << 20  # bytes read at a time when streaming a file
 
 _NUMERAL = "0-9０-９一二三四五六七八九十百千零〇两"
 CHAPTER_HEADING = re.compile(
@@ -148,10 +150,106 @@ def read_jsonl_texts(path: Path) -> list[str]:
 
 
 def read_documents(path: Path, unit: str) -> tuple[list[str], str]:
-    """One input file -> (its documents, the unit used: chapter may fall back to paragraph; JSONL: record)."""
+    """One input file -> (its documents, the unit used: chapter may fall back to paragraph; JSONL: record).
+
+    Reads the whole file: the reference that `iter_documents` (streaming) is tested against."""
     if path.suffix == ".jsonl":
         return _trimmed(read_jsonl_texts(path)), "record"
     return split_documents(read_utf8(path), unit)
+
+
+# --------------------------------------------------------------------------- streaming (bounded memory)
+
+
+def iter_lines(path: Path, chunk_bytes: int = READ_CHUNK) -> Iterator[str]:
+    """The lines of a UTF-8 file as `read_utf8` would give them (BOM dropped, CR/CRLF -> LF, each
+    with its "\n" but maybe the last), read `chunk_bytes` at a time: memory is bounded by the
+    chunk and the longest line, not the file. A bad byte is an error naming its file offset."""
+    offset, rest, first = 0, b"", True
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            data = rest + chunk
+            # cut after the last LF: a UTF-8 sequence never contains the byte 0x0a, and a CRLF
+            # never straddles the cut, so each block decodes and normalises on its own
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            block, rest = data[:cut], data[cut:]
+            if block:
+                try:
+                    text = block.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    at = offset + e.start
+                    raise DataError(f"{path}: not UTF-8 text (invalid byte 0x{block[e.start]:02x} at offset {at}); "
+                                    f"`miniglm fetch {path}` converts GB18030/GBK text to UTF-8") from None
+                if first:
+                    text, first = text.removeprefix("\ufeff"), False
+                offset += len(block)
+                lines = normalize_newlines(text).split("\n")
+                yield from (line + "\n" for line in lines[:-1])
+                if lines[-1]:
+                    yield lines[-1]
+            if not chunk:
+                return
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """How a file splits into documents, decided by a first pass (`scan_layout`)."""
+
+    unit: str  # the unit used: document, chapter, paragraph or record (JSONL)
+    blank_lines: bool = True  # paragraphs: separated by blank lines (else one document per line)
+
+
+def _is_blank_line(line: str) -> bool:
+    return line.endswith("\n") and not line[:-1].strip()
+
+
+def scan_layout(path: Path, unit: str, chunk_bytes: int = READ_CHUNK) -> FileLayout:
+    """The unit `split_documents` would use for this file, found by streaming it once."""
+    if unit not in UNITS:
+        raise DataError(f"split_on: must be one of {', '.join(UNITS)}; got {unit!r}")
+    if path.suffix == ".jsonl":
+        return FileLayout("record")
+    if unit == "document":
+        return FileLayout("document")
+    blank = False
+    for i, line in enumerate(iter_lines(path, chunk_bytes)):
+        if unit == "chapter" and CHAPTER_HEADING.match(line.rstrip("\n")):
+            return FileLayout("chapter")
+        blank = blank or (i > 0 and _is_blank_line(line))  # a blank line after a line = a separator
+    return FileLayout("paragraph", blank)
+
+
+def iter_documents(path: Path, layout: FileLayout, chunk_bytes: int = READ_CHUNK) -> Iterator[str]:
+    """The documents of one file, streamed; the same as `read_documents(path, unit)[0]`."""
+    if layout.unit == "record":
+        for lineno, line in enumerate(iter_lines(path, chunk_bytes), start=1):
+            if line.strip():
+                yield from _trimmed([_jsonl_text(path, lineno, line)])
+        return
+    block: list[str] = []
+    for i, line in enumerate(iter_lines(path, chunk_bytes)):
+        if layout.unit == "chapter" and CHAPTER_HEADING.match(line.rstrip("\n")):
+            yield from _trimmed(["".join(block)])
+            block = [line]
+        elif layout.unit == "paragraph" and not layout.blank_lines:
+            yield from _trimmed([line.rstrip("\n")])
+        elif layout.unit == "paragraph" and i > 0 and _is_blank_line(line):
+            yield from _trimmed(["".join(block)])
+            block = []
+        else:
+            block.append(line)
+    yield from _trimmed(["".join(block)])
+
+
+def _jsonl_text(path: Path, lineno: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise DataError(f'{path}:{lineno}: expected an object with a string "text" field')
+    return normalize_newlines(record["text"])
 
 
 # --------------------------------------------------------------------------- documents

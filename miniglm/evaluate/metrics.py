@@ -46,6 +46,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from miniglm.extras import require
+
 ROUGE_BETA = 1.2
 SENTENCE_END = "。！？!?….」”』"
 # Function characters that say nothing about the topic (excluded from the relevance measure).
@@ -103,7 +105,7 @@ def rouge_l_best(candidate: str, references: Sequence[str], beta: float = ROUGE_
 
 def bleu_chrf(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Corpus BLEU (sacrebleu, Chinese tokenizer) and chrF, both on a 0-100 scale."""
-    import sacrebleu  # the `eval` extra; imported only when scoring
+    sacrebleu = require("sacrebleu", "eval")  # imported only when scoring: a missing extra is a hint
 
     depth = max(len(r) for r in references)
     streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(depth)]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from miniglm.errors import UserError
+from miniglm.extras import require
 from miniglm.io import atomic_write
 from miniglm.train.run import read_metrics as read_run_metrics
 
@@ -86,7 +87,7 @@ def series(records: Sequence[dict[str, Any]], x: str, y: str, x_offset: float = 
 
 
 def cjk_font() -> str | None:
-    from matplotlib import font_manager
+    font_manager = require("matplotlib.font_manager", "eval")
 
     names = {f.name for f in font_manager.fontManager.ttflist}
     return next((n for n in CJK_FONTS if n in names), None)
@@ -94,8 +95,7 @@ def cjk_font() -> str | None:
 
 def style() -> contextlib.AbstractContextManager:
     """rcParams for every figure: a CJK-capable sans-serif font first when one is installed."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval")
     font = cjk_font()
     rc = {"axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100, "axes.unicode_minus": False}
     if font:
@@ -106,8 +106,8 @@ def style() -> contextlib.AbstractContextManager:
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4.2):
     """A Figure on the Agg canvas (no pyplot, no global figure state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "eval").FigureCanvasAgg
+    Figure = require("matplotlib.figure", "eval").Figure
 
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     FigureCanvasAgg(fig)
@@ -247,8 +247,7 @@ def plot_rouge_hist(reports: Sequence[dict[str, Any]], bins: int = 20):
 
 def plot_flags(reports: Sequence[dict[str, Any]]):
     """Grouped bars: how many answers carry each quality flag, per checkpoint."""
-    from matplotlib.ticker import MaxNLocator
-
+    MaxNLocator = require("matplotlib.ticker", "eval").MaxNLocator
     from miniglm.evaluate.metrics import FLAG_NAMES
 
     runs = _report_runs(reports)

@@ -1,58 +1,82 @@
 """Fast paths for the model's two heaviest operations, each checked against a plain reference in tests.
 
 - `matmul_nt(a, b)` = `a @ b.T`: on a CPU in float32 it calls oneDNN (`torch.ops.mkldnn._linear_pointwise`)
-  instead of the default BLAS when a one-time measurement says oneDNN is faster here. Same
-  float32 arithmetic (no reduced-precision tricks); on this project's AMD EPYC CPUs oneDNN's
-  AVX-512 kernels run float32 GEMMs about 2.2x faster than MKL's. bf16, CUDA and small (< 16 rows)
-  products take the ordinary `torch` path. `Linear` is an `nn.Linear` whose forward uses it.
+  instead of the default BLAS when the process's float32 GEMM routine is "onednn". Same float32
+  arithmetic (no reduced-precision tricks), but another summation order, so the two routines
+  round differently and a run must keep one. The routine is a fixed rule, never a timing (a
+  timing flips under load and made 1 process in 20 diverge): oneDNN where the CPU has AVX-512
+  (where its float32 GEMMs are faster than MKL's; figures in bench/README.md), the default BLAS
+  elsewhere. The trainer resolves it once per run, records it and sets it on resume
+  (`use_float32_matmul`). bf16, CUDA and small (< 16 rows) products take the ordinary `torch`
+  path. `Linear` is an `nn.Linear` whose forward uses it.
 - `causal_attention(q, k, v)`: on a CPU in bf16/fp16, attention from two batched matmuls and a
-  softmax, in two query blocks so the masked upper-right quarter is never computed (about 2.5x
-  faster, forward + backward, than the CPU flash-attention kernel behind SDPA at T = 512);
+  softmax, in two query blocks so the masked upper-right quarter is never computed (faster,
+  forward + backward, than the CPU flash-attention kernel behind SDPA at T = 512);
   elsewhere `F.scaled_dot_product_attention(is_causal=True)`, which is also the reference.
 - `pack_linear(weight)`: the weight of a decode-time matrix-vector product, reordered once into
   oneDNN's blocked layout where that pays off (float32, or bf16 on CPUs with bf16 instructions):
   for one token the default BLAS path reads a (V, C) matrix at well under half the memory
   bandwidth oneDNN reaches. Small float32 matrices keep the default kernel (lower fixed cost).
 - `linear_cross_entropy(h, weight, targets, mask)` = `masked_cross_entropy(h @ weight.T, ...)` computed
-  256 rows at a time, so the (N, V) float32 logits are never materialised: on a CPU the 0.5 GB of
-  logits of an 8k-token step, their softmax and its gradient cost more than all the head's matmuls.
+  a chunk at a time, so the (N, V) float32 logits are never materialised: on a CPU the logits of
+  a step, their softmax and its gradient cost more than all the head's matmuls.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from miniglm.errors import UserError
+
 MIN_ROWS = 16  # below this (token-by-token generation) the default BLAS is as fast
 
 
+MATMULS = ("onednn", "blas")  # float32 CPU GEMM routines; "auto" resolves to one of them
+_float32_matmul: str | None = None  # process-wide by nature: every GEMM of a run must use the same one
+
+
+class KernelError(UserError, ValueError):
+    """A GEMM routine this torch build or CPU cannot run."""
+
+
 @functools.cache
-def onednn_float32_is_faster() -> bool:
-    """Measured once per process: does oneDNN beat the default BLAS on a typical float32 GEMM here?"""
-    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available():
-        return False
-    a, b = torch.randn(256, 512), torch.randn(1024, 512)
+def onednn_linear_works() -> bool:
+    """Does this torch build run oneDNN float32 linear products (checked once on a tiny case)?"""
+    return _onednn_works(torch.float32)
 
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
 
-    try:
-        onednn = best(lambda: op(a, b, None, "none", [], ""))
-    except RuntimeError:
-        return False
-    return onednn < 0.9 * best(lambda: a @ b.t())
+def default_float32_matmul() -> str:
+    """The fixed rule: oneDNN on CPUs with AVX-512 (torch's detected capability), else the BLAS."""
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
+    return "onednn" if capability.startswith("AVX512") and onednn_linear_works() else "blas"
+
+
+def resolve_float32_matmul(name: str) -> str:
+    """"auto" -> the rule for this CPU; "onednn"/"blas" as given (oneDNN must work here)."""
+    if name == "auto":
+        return default_float32_matmul()
+    if name not in MATMULS:
+        raise KernelError(f"matmul={name!r}: expected auto, {' or '.join(MATMULS)}")
+    if name == "onednn" and not onednn_linear_works():
+        raise KernelError("matmul=onednn, but this torch build cannot run oneDNN linear products "
+                          "(use matmul=blas or auto)")
+    return name
+
+
+def use_float32_matmul(name: str | None) -> str | None:
+    """Make `name` ("onednn"/"blas"; None = the rule) this process's routine; returns the previous one."""
+    global _float32_matmul
+    previous, _float32_matmul = _float32_matmul, (None if name is None else resolve_float32_matmul(name))
+    return previous
+
+
+def active_float32_matmul() -> str:
+    return _float32_matmul or default_float32_matmul()
 
 
 def _use_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -60,7 +84,7 @@ def _use_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     return (a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32
             and a.numel() // max(a.size(-1), 1) >= MIN_ROWS and not torch.is_autocast_enabled("cpu")
-            and onednn_float32_is_faster())
+            and active_float32_matmul() == "onednn")
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

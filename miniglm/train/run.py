@@ -16,7 +16,13 @@ Owns:
 - `StopSignals`: SIGINT/SIGTERM only raise a flag; the trainer checks it at the end of a step,
   saves a checkpoint and returns. A second SIGINT aborts at once;
 - `latest_checkpoint(run_dir)`: the checkpoint `--resume` continues from;
-- `prepare_run_dir(run_dir, overwrite)`: refuses to start a second run on top of an existing one.
+- `check_run_dir(run_dir)`: before any work, refuses a run directory with symlinks leading outside
+  it or one that cannot be written, and cleans what killed checkpoint writes left behind;
+- `prepare_run_dir(run_dir, overwrite)`: refuses to start a second run on top of an existing one;
+- `resolve_kernels(cfg, device, recorded)`: the autocast dtype and the float32 GEMM routine of the
+  run, decided once by fixed rules (never by timing), recorded in config.json and in every
+  checkpoint's meta.json ("kernels"), and taken from the checkpoint on resume, so a resumed run
+  computes exactly what an uninterrupted one would. An explicit config value overrides.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import random
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +39,11 @@ import numpy as np
 import torch
 
 from miniglm import checkpoint as ckpt
+from miniglm.config import TrainConfig
+from miniglm.device import DTYPES, resolve_dtype
 from miniglm.errors import UserError
-from miniglm.io import atomic_write, iter_jsonl, open_append
+from miniglm.io import atomic_write, check_confined, check_output_dir, clean_stale, iter_jsonl, open_append
+from miniglm.model import kernels
 
 METRICS = "metrics.jsonl"
 
@@ -158,13 +168,32 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse outward symlinks and unwritable run directories; clean leftovers of killed writes."""
+    check_confined(run_dir)
+    check_output_dir(run_dir)
+    for d in (run_dir, run_dir / "checkpoints"):
+        for entry in clean_stale(d):
+            print(f"removed {entry.name} in {d} (left by a killed write)")
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory; with `overwrite`, clear the old run's files."""
+    """Refuse to mix two runs in one directory; with `overwrite`, clear the old run's files.
+
+    Nothing is deleted before every path has been checked (`check_run_dir`): a symlink among them
+    is an error, not something followed or half-removed.
+    """
     old = [p for p in (run_dir / "config.json", run_dir / "metrics.jsonl", run_dir / "checkpoints",
-                       run_dir / "tensorboard") if p.exists()]
+                       run_dir / "tensorboard") if p.exists() or p.is_symlink()]
     if old and not overwrite:
-        raise RunError(f"{run_dir} already holds a run ({', '.join(p.name for p in old)}); "
-                        f"continue it with --resume, or start afresh with --overwrite")
+        started = "" if ckpt.list_checkpoints(run_dir) else " that stopped before its first checkpoint"
+        raise RunError(f"{run_dir} already holds a run{started} ({', '.join(p.name for p in old)}); "
+                       + ("start it again with --overwrite" if started else
+                          "continue it with --resume, or start afresh with --overwrite"))
+    check_confined(run_dir)
+    for p in old:
+        if p.is_symlink():
+            raise RunError(f"{p}: a symlink; refusing to delete through it (remove it yourself)")
     for p in old:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +202,34 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 def latest_checkpoint(run_dir: Path) -> Path:
     found = ckpt.list_checkpoints(run_dir)
     if not found:
+        if (run_dir / "config.json").is_file():  # killed before its first checkpoint
+            raise ckpt.CheckpointError(f"nothing to resume in {run_dir}: the run stopped before its first "
+                                       f"checkpoint; start it again with --overwrite (same --out)")
         raise ckpt.CheckpointError(f"nothing to resume in {run_dir}: no complete checkpoints/step_*/ "
                                    f"(start without --resume)")
     return found[-1]
+
+
+def resolve_kernels(cfg: TrainConfig, device: torch.device,
+                    recorded: dict[str, Any] | None) -> tuple[TrainConfig, torch.dtype]:
+    """The run's dtype and float32 GEMM routine, `cfg` with both resolved, and the torch dtype.
+
+    "auto" takes the `recorded` choice (a checkpoint's meta.json "kernels", on resume) where there
+    is one, else the fixed rule for this machine; an explicit value always wins. The routine is
+    switched on for this process (`kernels.use_float32_matmul`).
+    """
+    recorded = recorded if isinstance(recorded, dict) else {}
+    dtype_name = cfg.dtype
+    if dtype_name == "auto" and recorded.get("dtype") in DTYPES:
+        dtype_name = recorded["dtype"]
+    dtype = resolve_dtype(dtype_name, device)
+    matmul = cfg.matmul
+    if matmul == "auto" and recorded.get("matmul") in kernels.MATMULS:
+        matmul = recorded["matmul"]
+    matmul = kernels.resolve_float32_matmul(matmul)
+    return replace(cfg, dtype=str(dtype).removeprefix("torch."), matmul=matmul), dtype
+
+
+def kernels_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint's meta.json records of `resolve_kernels`' decision."""
+    return {"kernels": {"dtype": cfg.dtype, "matmul": cfg.matmul}}

@@ -17,7 +17,8 @@ metrics.jsonl (rank 0), `checkpoints/step_XXXXXXX/` (the last `keep_last`) and `
 (lowest validation loss). A checkpoint holds the weights, the optimizer state, the progress, RNG
 states and the data position (tensors and plain values only), so `resume=True` continues the same
 run bit for bit on a CPU. SIGINT/SIGTERM save a checkpoint at the end of the current step and
-stop; a NaN/inf loss raises `TrainingDiverged` and leaves the last good checkpoint. SFT rows
+stop; a NaN/inf loss raises `TrainingDiverged` and leaves the last good checkpoint. With
+`max_minutes`, `miniglm.train.budget` refits max_steps (and so the schedule) to the measured speed. SFT rows
 carry their length: SFT takes `block_size` from the data's meta.json.
 
 Distributed: run under `torchrun`; RANK/WORLD_SIZE/LOCAL_RANK come from the environment (see
@@ -45,20 +46,24 @@ from miniglm.device import (
     Dist,
     all_reduce_sum,
     barrier,
-    resolve_dtype,
     setup_distributed,
     teardown_distributed,
     tune_cpu_allocator,
 )
 from miniglm.errors import UserError
 from miniglm.evaluate.heldout import bits_per_char
+from miniglm.model.kernels import use_float32_matmul
 from miniglm.model.model import MiniGLM
+from miniglm.train.budget import TimeBudget
 from miniglm.train.mfu import model_flops_per_token, peak_flops
 from miniglm.train.run import (
     MetricsLog,
     StopSignals,
+    check_run_dir,
+    kernels_record,
     latest_checkpoint,
     prepare_run_dir,
+    resolve_kernels,
     rng_state,
     set_rng_state,
 )
@@ -260,13 +265,17 @@ class Run:
         if not self.has_val:
             self.say(f"{cfg.data}: no validation rows; training without evaluation (best = none)")
         self.tokenizer = store.load_tokenizer(cfg.data, self.meta)
+        if self.master:  # before anything is read from or written to it
+            check_run_dir(self.run_dir)
         source = latest_checkpoint(self.run_dir) if resume else (
             ckpt.resolve_checkpoint(cfg.init_from) if cfg.init_from else None)
         self.model, self.cfg = model_for_run(cfg, self.meta, source, resume)
         if self.master and not resume:
             prepare_run_dir(self.run_dir, overwrite)
         barrier(dist)
-        self.dtype = resolve_dtype(self.cfg.dtype, device)
+        # dtype and GEMM routine: the checkpoint's recorded choice on resume, so results match bit for bit
+        self.cfg, self.dtype = resolve_kernels(self.cfg, device, ckpt.read_meta(source).get("kernels") if resume else None)
+        self._matmul_before = use_float32_matmul(self.cfg.matmul)
         if device.type == "cpu":
             tune_cpu_allocator()
         self.model.to(device)
@@ -320,6 +329,12 @@ class Run:
     @property
     def elapsed(self) -> float:
         return self.progress.elapsed + time.perf_counter() - self.t_start
+
+    def clock(self, step_seconds: float) -> tuple[float, float]:
+        """(elapsed, step seconds), averaged over ranks so a time budget stops every rank at the same step."""
+        t = all_reduce_sum(torch.tensor([self.elapsed, step_seconds], device=self.device),
+                           self.dist) / self.dist.world_size
+        return t[0].item(), t[1].item()
 
     def step(self, lr: float, wants_stop: Callable[[], bool]) -> tuple[float, float, bool]:
         """One optimizer step; (mean loss, grad norm, whether any rank asked to stop)."""
@@ -376,7 +391,7 @@ class Run:
             state = {**p.state(), "optimizer": self.optimizer.state_dict(), "loader": self.batches.state_dict(),
                      "rng": rng_state(), "elapsed": self.elapsed, "scaler": self.stepper.scaler.state_dict()}
             extra = {"mode": self.cfg.mode, "tokens": p.step * self.tokens_per_step,
-                     "val_loss": p.last["val_loss"], "data": self.cfg.data}
+                     "val_loss": p.last["val_loss"], "data": self.cfg.data, **kernels_record(self.cfg)}
             self.saved = ckpt.save_checkpoint(self.run_dir / "checkpoints" / f"step_{p.step:07d}", self.model,
                                               self.tokenizer, p.step, state, extra)
             ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
@@ -384,6 +399,7 @@ class Run:
 
     def close(self) -> None:
         self.log.close()
+        use_float32_matmul(self._matmul_before)
 
 
 class _Timer:
@@ -432,6 +448,7 @@ def _loop(run: Run, stop_after: Callable[[int], bool] | None) -> dict[str, Any]:
     bar = tqdm(total=cfg.max_steps, initial=p.step, disable=not (cfg.progress and run.master), unit="step",
                dynamic_ncols=True, desc=cfg.mode)
     stopped_by = None
+    budget = TimeBudget(cfg.max_minutes, p.step) if cfg.max_minutes else None
     run.model.train()
     try:
         with StopSignals() as signals:
@@ -440,6 +457,12 @@ def _loop(run: Run, stop_after: Callable[[int], bool] | None) -> dict[str, Any]:
                 loss, norm, stopping = run.step(lr, lambda: bool(signals.signum) or (
                     stop_after is not None and stop_after(p.step + 1)))
                 timer.add(time.perf_counter() - t0)
+                if budget and (refit := budget.after_step(cfg, p.step, *run.clock(time.perf_counter() - t0))):
+                    cfg = run.cfg = refit  # the schedule (lr_at) and the end of the loop follow the new plan
+                    bar.total = cfg.max_steps
+                    if run.master:
+                        bar.write(budget.describe(cfg) if p.step < cfg.max_steps else f"time budget spent at step {p.step}")
+                        save_config(cfg, run.run_dir / "config.json")
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 run.log_step(loss, lr, norm, timer)

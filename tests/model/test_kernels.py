@@ -54,7 +54,7 @@ def test_linear_cross_entropy_without_grad_and_single_backward():
 def test_onednn_linear_matches_f_linear(rows, monkeypatch):
     if getattr(torch.ops.mkldnn, "_linear_pointwise", None) is None or not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN linear")
-    monkeypatch.setattr(kernels, "onednn_float32_is_faster", lambda: True)  # whatever this machine measured
+    monkeypatch.setattr(kernels, "_float32_matmul", "onednn")  # whatever the rule picks here
     torch.manual_seed(0)
     layer = kernels.Linear(48, 80, bias=False)
     x = torch.randn(2, rows, 48, requires_grad=True)
@@ -65,7 +65,7 @@ def test_onednn_linear_matches_f_linear(rows, monkeypatch):
 
 
 def test_matmul_tn_either_orientation(monkeypatch):
-    monkeypatch.setattr(kernels, "onednn_float32_is_faster", lambda: True)
+    monkeypatch.setattr(kernels, "_float32_matmul", "onednn")
     a, b = torch.randn(64, 30), torch.randn(64, 20)
     torch.testing.assert_close(kernels.matmul_tn(a, b), a.t() @ b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kernels.matmul_tn(b, a), b.t() @ a, rtol=1e-5, atol=1e-5)

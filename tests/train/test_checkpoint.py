@@ -80,11 +80,12 @@ def test_killed_while_replacing_best_keeps_the_old_best(run, monkeypatch, tmp_pa
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     best = ckpt.load_checkpoint(copy, which="best")
-    monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(ckpt, "write_new", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
     with pytest.raises(OSError):
         ckpt.save_checkpoint(copy / "checkpoints" / "best", best.model, best.tokenizer, 99)
     again = ckpt.load_checkpoint(copy, which="best")
     assert again.meta["step"] == best.meta["step"]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir() if p.name.startswith(".")) == []  # no temp left
 
 
 def test_shape_mismatch_names_the_tensor(run):
