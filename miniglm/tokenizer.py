@@ -35,6 +35,12 @@ def _unicode_to_byte() -> dict[str, int]:
     return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
 
 
+def with_system(system: str, question: str) -> str:
+    """The template has no system slot: a system message goes in front of the first question, so the
+    instruction sits exactly where a question does (the rule for SFT data and for served chats)."""
+    return f"{system}\n{question}" if system else question
+
+
 class TokenizerError(UserError, ValueError):
     """A missing or unusable tokenizer file."""
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from miniglm.data import DataError
+from miniglm.tokenizer import with_system
 
 
 class SFTDataError(DataError):
@@ -95,7 +96,7 @@ def _messages_turns(messages: Any) -> Turns:
     if not texts or len(texts) % 2:
         raise _RecordError("messages must end with an assistant answer")
     if system:
-        texts[0] = system + "\n" + texts[0]
+        texts[0] = with_system(system, texts[0])
     return tuple(zip(texts[0::2], texts[1::2]))
 
 

@@ -53,23 +53,24 @@ class RMSNorm(nn.Module):
 
 
 def rotary_tables(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables, each (max_position_embeddings, D), HF layout: [f0..f(D/2-1), f0..f(D/2-1)]."""
+    """cos and signed sin tables, each (max_position_embeddings, D), HF layout [f0..f(D/2-1), f0..f(D/2-1)].
+
+    The sin table carries rotate_half's sign (-sin on the first half): rotating is then one cat and
+    two products, and since negation is exact the result is bit for bit HF's x*cos + rotate_half(x)*sin.
+    """
     D = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32, device=device) / D))
     t = torch.arange(cfg.max_position_embeddings, dtype=torch.float32, device=device)
     freqs = torch.outer(t, inv_freq)  # (P, D/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (P, D)
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    sin = emb.sin()
+    return emb.cos(), torch.cat((-sin[:, :D // 2], sin[:, D // 2:]), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (T, D) or (B, 1, T, D)
-    return x * cos + rotate_half(x) * sin
+    """x * cos + rotate_half(x) * sin, with the sign in the table; x: (B, H, T, D), cos/sin: (T, D) or (B, 1, T, D)."""
+    half = x.size(-1) // 2
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 class KVCache:
@@ -120,14 +121,16 @@ class Attention(nn.Module):
                 fused: bool = False):
         B, T, C = x.shape
         H, K, D = self.n_head, self.n_kv, self.head_dim
-        if fused:  # decoding: one product for q, k and v
-            q, k, v = self.fused[0](x).view(B, T, H + 2 * K, D).transpose(1, 2).split([H, K, K], dim=1)
+        if fused:  # decoding: one product for q, k and v, one rotation for q and k
+            qkv = self.fused[0](x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H+2K, T, D)
+            q, k = apply_rotary(qkv[:, :H + K], cos.to(x.dtype), sin.to(x.dtype)).split([H, K], dim=1)
+            v = qkv[:, H + K:]
         else:
             q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
             k = self.k_proj(x).view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
             v = self.v_proj(x).view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # rotate in the compute dtype (bf16 under autocast)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # rotate in the compute dtype (bf16 under autocast)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is None:
             y = causal_attention(*self._repeat_kv(q, k, v)) if attn_mask is None else \
                 F.scaled_dot_product_attention(*self._repeat_kv(q, k, v), attn_mask=attn_mask)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from miniglm.tokenizer import with_system
+
 MAX_STOP = 4  # stop strings per request, as OpenAI
 
 
@@ -199,7 +201,7 @@ def messages_to_turns(messages: list[Message]) -> tuple[list[tuple[str, str]], s
     if len(texts) % 2 == 0:
         raise ApiError(400, "messages must end with a user message", "invalid_value", "messages")
     if system:
-        texts[0] = "\n".join(system) + "\n" + texts[0]
+        texts[0] = with_system("\n".join(system), texts[0])
     return list(zip(texts[0:-1:2], texts[1::2])), texts[-1]
 
 

@@ -4,12 +4,13 @@ fails to load after the server started makes `miniglm serve` exit 2 with one lin
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import httpx
 import pytest
 from serve_helpers import make_checkpoint
 
-from miniglm.__main__ import main
 from miniglm.checkpoint import CheckpointError
 from miniglm.config import SampleConfig
 from miniglm.serve.app import ServerSettings, create_app
@@ -42,7 +43,7 @@ def test_health_is_503_while_loading_and_200_when_ready(tmp_path):
         registry.close()
 
 
-def test_a_model_that_fails_to_load_fails_health_and_the_command(tmp_path, capsys):
+def test_a_model_that_fails_to_load_fails_health_and_the_command(tmp_path):
     run = make_checkpoint(tmp_path, "broken")
     (run / "checkpoints" / "step_0000001" / "model.safetensors").write_bytes(b"not safetensors")
     registry = Registry(parse_model_specs([str(run)]), CPU)  # metadata is fine: the weights fail later
@@ -53,8 +54,10 @@ def test_a_model_that_fails_to_load_fails_health_and_the_command(tmp_path, capsy
     assert health.status_code == 503 and health.json() == {"status": "failed", "models": {}}
     models = get(app, "/v1/models")  # behind the key (none here): the reason is given
     assert models.status_code == 503 and "unreadable weights" in models.json()["error"]["message"]
-    assert main(["serve", str(run), "--port", "0", "--device", "cpu"]) == 2
-    out = capsys.readouterr()
-    assert "listening on http://127.0.0.1:" in out.out
-    assert out.err.startswith("miniglm serve: error: could not load the models:") and out.err.count("\n") == 1
-    assert "unreadable weights" in out.err
+    # in a process of its own: uvicorn installs logging handlers and signal handlers of its own
+    proc = subprocess.run([sys.executable, "-m", "miniglm", "serve", str(run), "--port", "0", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "listening on http://127.0.0.1:" in proc.stdout
+    assert proc.stderr.startswith("miniglm serve: error: could not load the models:") and proc.stderr.count("\n") == 1
+    assert "unreadable weights" in proc.stderr
