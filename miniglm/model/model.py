@@ -183,6 +183,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kv_cache=None, attn_mask=None, fused=False):
+        if fused:  # decoding, one token at a time: plain calls skip nn.Module's per-call hook machinery
+            x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, kv_cache, attn_mask, True)
+            return x + self.mlp.forward(self.post_attention_layernorm.forward(x), True)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask, fused)
         x = x + self.mlp(self.post_attention_layernorm(x), fused)
         return x
@@ -292,7 +295,7 @@ class MiniGLM(nn.Module):
         fused = kv_cache is not None and kv_cache.weights_key is not None and kv_cache.weights_key is self._fused_key
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, kv_cache, attn_mask, fused)
+            x = layer.forward(x, cos, sin, kv_cache, attn_mask, True) if fused else layer(x, cos, sin, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.model.norm(x)
