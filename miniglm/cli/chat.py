@@ -73,6 +73,10 @@ class ChatSession:
             if dropped:
                 self.write(f"[the {dropped} oldest turn(s) no longer fit the context and were dropped]\n")
                 self.history = self.history[dropped:]
+            note = textgen.cut_notice(len(ids), self.model.config.max_position_embeddings, self.cfg.max_new_tokens,
+                                      "the question")
+            if note:
+                print(note, file=sys.stderr)
             stream = textgen.stream_answer(self.model, self.tokenizer, line, self.cfg, self.history, self.stop)
             self.write(ASSISTANT_PREFIX.lstrip("\n"))
         else:

@@ -111,6 +111,12 @@ def run_chunk(loaded, chunk, cfg: SampleConfig, stop, chat: bool, streaming: boo
 
     model, tok = loaded.model, loaded.tokenizer
     texts = [prompt for _, _, prompt in chunk]
+    for i, j, prompt in chunk:  # once per prompt, on stderr: the output itself stays clean
+        ids = tok.render_prompt([], prompt) if chat else tok.encode(prompt)
+        note = j == 0 and textgen.cut_notice(len(ids), model.config.max_position_embeddings, cfg.max_new_tokens,
+                                             f"prompt {i + 1}")
+        if note:
+            print(note, file=sys.stderr)
     seeds = [cfg.seed + j for _, j, _ in chunk]
     if streaming:
         i, j, prompt = chunk[0]

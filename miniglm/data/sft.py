@@ -193,6 +193,7 @@ def prepare_sft(inputs: Sequence[str | Path], tokenizer: Tokenizer, out: str | P
     """Read, dedup, render, split and write a prepared SFT directory at `out` (atomically)."""
     if not inputs:
         raise SFTDataError("no input files given")
+    check_out(Path(out))
     bad, sources, examples = BadInput(), [], []
     for path in inputs:
         before = bad.count
@@ -234,12 +235,17 @@ def prepare_sft(inputs: Sequence[str | Path], tokenizer: Tokenizer, out: str | P
     return SFTResult(Path(out), meta, bad.messages)
 
 
-def _write_dir(out: Path, tok: Tokenizer, cfg: SFTDataConfig, meta: dict[str, Any],
-               arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """Write everything into a temporary sibling, then rename it into place; returns meta.json as written."""
+def check_out(out: Path) -> None:
+    """Only an empty or a prepared SFT directory may be replaced (checked before any work, and again at the end)."""
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or store.is_prepared(out, "sft"))):
         raise SFTDataError(f"refusing to replace {out}: it is not a prepared SFT directory "
                            "(remove it or choose another --out)")
+
+
+def _write_dir(out: Path, tok: Tokenizer, cfg: SFTDataConfig, meta: dict[str, Any],
+               arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Write everything into a temporary sibling, then rename it into place; returns meta.json as written."""
+    check_out(out)
     with atomic_dir(out) as tmp:
         for split, (ids, mask) in arrays.items():
             store.write_rows(tmp, split, ids, mask)

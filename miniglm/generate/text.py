@@ -137,6 +137,15 @@ def _run(model: MiniGLM, tokenizer: Tokenizer, prompts: list[list[int]], cfg: Sa
             for i, (row, c) in enumerate(zip(rows, decoder.completions))]
 
 
+def cut_notice(n_tokens: int, context: int, max_new_tokens: int, what: str = "the prompt") -> str | None:
+    """One line saying that a prompt of `n_tokens` loses its start to the context, or None if it fits."""
+    keep = engine.prompt_budget(context, max_new_tokens)
+    if n_tokens <= keep:
+        return None
+    return (f"note: {what} has {n_tokens} tokens; the context ({context}) keeps its last {keep} with room "
+            f"for new tokens, so its first {n_tokens - keep} tokens are dropped")
+
+
 class TextStream(Iterator[str]):
     """Text pieces of one generation as they come; `.generation` holds the result once it is exhausted."""
 

@@ -153,3 +153,14 @@ def test_chat_complete_mode_for_pretrained_checkpoints(pretrain_run, monkeypatch
     assert want.text in out
     rc, out = chat(pretrain_run, "你好\n", monkeypatch, capsys, "--mode", "chat")
     assert "chat mode" in out
+
+
+def test_a_prompt_cut_to_the_context_is_said_once_on_stderr(sft_run, tmp_path, capsys):
+    long = "天地玄黄宇宙洪荒" * 40  # far beyond the 64-token context
+    out = tmp_path / "s.jsonl"
+    assert main(["sample", str(sft_run), "--prompt", long, "--num-samples", "2", "--temperature", "0",
+                 "--output", str(out), *FLAGS]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: prompt 1 has") == 1 and "tokens are dropped" in err  # once, not per sample
+    assert main(["sample", str(sft_run), "--prompt", "天地", "--output", str(out), *FLAGS]) == 0
+    assert "note:" not in capsys.readouterr().err  # a prompt that fits says nothing

@@ -460,3 +460,17 @@ def test_sft_training_lowers_answer_token_val_loss(tmp_path):
     assert evals[-1]["val_tokens"] == n_tokens == int(val_mask.sum())  # answer tokens only
     print(f"answer-token val loss: pretrained {before:.3f} -> SFT {[m['val_loss'] for m in evals]}")
     assert result["val_loss"] == evals[-1]["val_loss"] < before - 0.1
+
+
+def test_prepare_sft_refuses_another_kind_of_directory_before_any_work(tmp_path, tok, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"mode": "pretrain"}', encoding="utf-8")
+    import miniglm.data.sft as sft_module
+
+    monkeypatch.setattr(sft_module, "read_examples", lambda *a, **k: pytest.fail("input read before the check"))
+    rc = miniglm_main(["prepare-sft", str(qa_file(tmp_path)), "--tokenizer", str(tok.path), "--out", str(run),
+                       "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "not a prepared SFT directory" in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
