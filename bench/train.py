@@ -10,7 +10,7 @@ the setting of its reference numbers; `--vocab 16000` is our tokenizer's default
 transformers gets our initial weights, copied by identical names), runs `--warmup` optimizer
 steps that are not timed, then `--steps` timed ones, each `--micro-batch` x 512 tokens x
 `--accum` micro-batches (default 4 x 512 x 4 = 8,192 tokens). Both use fused AdamW, gradient
-clipping at 1.0 and the same autocast; ours runs `miniglm.train.trainer.Stepper.step` (the trainer's own
+clipping at 1.0 and the same autocast; ours runs `miniglm.train.step.Stepper.step` (the trainer's own
 step), transformers a textbook `loss = model(input_ids, labels=...).loss; loss.backward()` loop.
 
 Printed per run: tokens/s (median step), peak memory (CPU: peak RSS of the child;
@@ -71,7 +71,7 @@ def measure(args, who: str, dtype_name: str) -> dict:
     from miniglm.device import resolve_device, tune_cpu_allocator
     from miniglm.model.model import MiniGLM
     from miniglm.train.mfu import model_flops_per_token
-    from miniglm.train.trainer import Stepper
+    from miniglm.train.step import Stepper
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -114,7 +114,7 @@ def measure_step_seconds(preset: str, vocab_size: int, device_name: str, steps: 
     from miniglm.config import TrainConfig, load_config
     from miniglm.device import resolve_device, resolve_dtype
     from miniglm.model.model import MiniGLM
-    from miniglm.train.trainer import Stepper, build_optimizer
+    from miniglm.train.step import Stepper, build_optimizer
 
     cfg = load_config(TrainConfig, preset)
     device = resolve_device(device_name)

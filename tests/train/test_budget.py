@@ -6,7 +6,8 @@ import pytest
 
 from miniglm.config import ConfigError, TrainConfig
 from miniglm.train.budget import CALIBRATION_STEPS, TimeBudget, eval_overhead
-from miniglm.train.trainer import lr_at, train
+from miniglm.train.step import lr_at
+from miniglm.train.trainer import train
 from tests.tiny_data import make_pretrain_dir, tiny_config
 
 

@@ -21,7 +21,8 @@ from miniglm.data import DataError, loader, store
 from miniglm.errors import UserError
 from miniglm.model import model as model_module
 from miniglm.train.run import read_metrics
-from miniglm.train.trainer import TrainingDiverged, build_optimizer, lr_at, train
+from miniglm.train.step import build_optimizer, lr_at
+from miniglm.train.trainer import TrainingDiverged, train
 
 
 @pytest.fixture(scope="module")
