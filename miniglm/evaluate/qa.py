@@ -130,15 +130,20 @@ def generate_answers(model: MiniGLM, tokenizer: Tokenizer, questions: Sequence[s
 
 
 def score_item(index: int, item: QAItem, gen: Any, loss: tuple[float, int], seen: frozenset[str],
-               raw: str | None = None) -> dict[str, Any]:
-    """Everything known about one answer (a row of report.json's `items`); `raw` = plain decode of its ids."""
+               raw: str | None = None, *, collapse_share: float) -> dict[str, Any]:
+    """Everything known about one answer (a row of report.json's `items`); `raw` = plain decode of its ids.
+
+    `collapse_share`: its entry of `metrics.collapse_shares` over all answers of the run (`score_items`).
+    """
     score = metrics.rouge_l_best(gen.text, item.references)
     nats, tokens = loss
     return {
         "index": index, "line": item.line, "question": item.question, "reference": item.answer,
         "references": item.references, "answer": gen.text,
         "rouge_l": {"precision": score.precision, "recall": score.recall, "f": score.f},
-        "flags": metrics.quality_flags(item.question, gen.text, gen.finish_reason, seen, raw),
+        "flags": metrics.quality_flags(item.question, gen.text, gen.finish_reason, seen, raw,
+                                       collapse_share=collapse_share),
+        "collapse_share": collapse_share,
         "relevance": metrics.relevance(item.question, gen.text),
         "unseen_chars": "".join(metrics.unseen_characters(gen.text, seen)),
         "finish_reason": gen.finish_reason, "answer_tokens": len(gen.token_ids),
@@ -147,8 +152,21 @@ def score_item(index: int, item: QAItem, gen: Any, loss: tuple[float, int], seen
     }
 
 
+def score_items(items: Sequence[QAItem], gens: Sequence[Any], losses: Sequence[tuple[float, int]],
+                seen: frozenset[str], raws: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """The rows of all answers of a run; the collapse flag compares each answer with all the others."""
+    shares = metrics.collapse_shares([it.question for it in items], [g.text for g in gens])
+    raws = raws if raws is not None else [None] * len(items)
+    return [score_item(i, it, g, loss, seen, raw, collapse_share=share)
+            for i, (it, g, loss, raw, share) in enumerate(zip(items, gens, losses, raws, shares, strict=True))]
+
+
 def summarize_qa(rows: Sequence[dict[str, Any]], wall: float, batch_size: int) -> dict[str, Any]:
-    """Corpus-level Q&A numbers from the per-item rows."""
+    """Corpus-level Q&A numbers from the per-item rows.
+
+    `unique_answer_share`: answers NOT flagged `collapsed` / all answers (1.0 when no answer is
+    reused for other questions; near 0 for a model that gives every question the same answer).
+    """
     n = len(rows)
     answers = [r["answer"] for r in rows]
     nats = sum(r["reference_loss"] * r["reference_tokens"] for r in rows if r["reference_tokens"])
@@ -167,6 +185,7 @@ def summarize_qa(rows: Sequence[dict[str, Any]], wall: float, batch_size: int) -
         "distinct_1": metrics.distinct_n(answers, 1), "distinct_2": metrics.distinct_n(answers, 2),
         "flags": flags, "flag_rates": {k: v / n for k, v in flags.items()},
         "any_flag": sum(any(r["flags"].values()) for r in rows),
+        "unique_answer_share": 1 - flags["collapsed"] / n,
         "finish_reasons": {k: sum(r["finish_reason"] == k for r in rows) for k in ("eot", "stop", "length")},
         "mean_answer_chars": chars / n,
         "speed": {
@@ -219,8 +238,8 @@ def evaluate_qa(model: MiniGLM, tokenizer: Tokenizer, items: Sequence[QAItem], c
     if training_chars:
         seen = seen | training_chars
         seen_set = {"source": f"tokenizer vocabulary + training data ({training_source})", "chars": len(seen)}
-    rows = [score_item(i, it, g, loss, seen, tokenizer.decode(g.token_ids, skip_special_tokens=True))
-            for i, (it, g, loss) in enumerate(zip(items, gens, losses))]
+    rows = score_items(items, gens, losses, seen,
+                       [tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens])
     summary = summarize_qa(rows, wall, batch_size)
     summary["reference_contexts_truncated"] = cut
     probe = [it.question for it in items[:speed_probe]]

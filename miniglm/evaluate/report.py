@@ -143,6 +143,7 @@ def summary_metrics(run: dict[str, Any]) -> dict[str, float | int | None]:
                 "mean answer chars": s["mean_answer_chars"]}
         out |= {f"flag: {k} (share)": v for k, v in s["flag_rates"].items()}
         out["any flag (share)"] = s["any_flag"] / s["items"]
+        out["unique answers (share not collapsed)"] = s.get("unique_answer_share")  # None in older reports
         sp = s["speed"]
         b = sp["batch_size"]
         out |= {f"chars/s (batches of {b}, all answers)": sp["chars_per_second"],

@@ -391,3 +391,48 @@ def test_eval_cli_rejects_three_runs_and_documents_flags(tiny, capsys):
     out = capsys.readouterr().out
     for flag in ("--data", "--text", "--qa", "--limit", "--out", "--batch-size", "--checkpoint", "--temperature"):
         assert flag in out
+
+
+COLLAPSE_QUESTIONS = ["宝玉笑道什么？", "林冲在哪里看守？", "孙悟空一个筋斗云多远？", "天下大势如何？",
+                      "黛玉今日可好？", "风雪交加时林冲在做什么？"]
+
+
+@pytest.mark.parametrize("collapsing", [True, False])
+def test_collapse_flag_on_a_collapsing_and_a_varied_model(tiny, collapsing):
+    """Two real tiny models through evaluate_qa and the report. With its attention outputs zeroed a
+    model cannot see the question (each position sees only its own token), so greedy decoding gives
+    every question the same answer: collapse. The same weights with attention vary their answers."""
+    from miniglm.evaluate import metrics
+
+    _, tok, _ = tiny
+    torch.manual_seed(2)  # init 0.3: answers long enough (>= 4 chars) to be compared by 4-grams
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, initializer_range=0.3)
+    model = MiniGLM(cfg).eval()
+    if collapsing:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+    items = [qa.QAItem(q, "十万八千里。", ["十万八千里。"], i + 1) for i, q in enumerate(COLLAPSE_QUESTIONS)]
+    sample = SampleConfig(temperature=0, max_new_tokens=12, device="cpu", dtype="float32")
+    result = qa.evaluate_qa(model, tok, items, sample, batch_size=3, speed_probe=0)
+    s, rows = result["summary"], result["items"]
+    answers = [r["answer"] for r in rows]
+    assert all(len(metrics.char_ngrams(a, 4)) > 0 for a in answers)  # the premise: comparable answers
+    if collapsing:
+        assert len(set(answers)) == 1
+        assert all(r["flags"]["collapsed"] and r["collapse_share"] == 1.0 for r in rows)
+        assert s["flags"]["collapsed"] == len(rows) and s["unique_answer_share"] == 0.0
+    else:
+        assert len(set(answers)) == len(answers)
+        assert not any(r["flags"]["collapsed"] for r in rows)
+        assert s["flags"]["collapsed"] == 0 and s["unique_answer_share"] == 1.0
+    run = {"name": "m", "run": "r", "checkpoint": "r/checkpoints/best", "step": 1, "params": model.num_params(),
+           "device": "cpu", "dtype": "float32", "heldout": [], "qa": result}
+    run["summary"] = rep.summary_metrics(run)
+    assert run["summary"]["unique answers (share not collapsed)"] == s["unique_answer_share"]
+    assert run["summary"]["flag: collapsed (share)"] == (1.0 if collapsing else 0.0)
+    md = rep.render_markdown(rep.build_report([run], {}))
+    assert f"| unique answers (share not collapsed) | {0 if collapsing else 1}" in md
+    shown = [line for line in md.splitlines() if "· flags: " in line]  # worst/best answers
+    assert shown and all(("collapsed" in line.split("· flags: ")[1]) == collapsing for line in shown)

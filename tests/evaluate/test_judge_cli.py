@@ -104,7 +104,7 @@ def test_two_runs_report_comparison_votes_and_a_free_rerun(runs, tmp_path, capsy
 
 
 def eval_report(answers: list[str]) -> dict:
-    """A one-run report made by the eval code itself (score_item, summarize_qa, build_report) from
+    """A one-run report made by the eval code itself (score_items, summarize_qa, build_report) from
     chosen answers, so the judge's verdicts on them are known."""
     pytest.importorskip("sacrebleu")
     from miniglm.evaluate import qa as qamod
@@ -113,7 +113,7 @@ def eval_report(answers: list[str]) -> dict:
     items = [qamod.QAItem(q, a, [a], i + 1) for i, (q, a) in enumerate(QUESTIONS)]
     gens = [Generation(ans, [5, 6], 4, "eot", 0.1, 0.01) for ans in answers]
     seen = frozenset("".join(answers + [a for _, a in QUESTIONS]))
-    rows = [qamod.score_item(i, it, g, (1.0, 2), seen) for i, (it, g) in enumerate(zip(items, gens))]
+    rows = qamod.score_items(items, gens, [(1.0, 2)] * len(items), seen)
     run = {"name": "sft", "run": "runs/sft", "checkpoint": "runs/sft/checkpoints/best", "step": 5, "params": 10,
            "device": "cpu", "dtype": "float32", "heldout": [],
            "qa": {"summary": qamod.summarize_qa(rows, 0.3, 8), "items": rows}}

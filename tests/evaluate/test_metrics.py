@@ -189,14 +189,87 @@ def test_off_topic_and_relevance():
 
 
 def test_quality_flags_keys_and_values():
-    flags = m.quality_flags("请介绍一下长城的历史", "宝玉听了便向黛玉笑道" * 3, "length")
+    flags = m.quality_flags("请介绍一下长城的历史", "宝玉听了便向黛玉笑道" * 3, "length", collapse_share=0.5)
     assert set(flags) == set(m.FLAG_NAMES)
-    assert flags == {"garbled": False, "repetition": True, "empty": False, "truncated": True, "off_topic": True}
-    clean = m.quality_flags("中国的首都是哪里？", "北京。", "eot", seen=frozenset("北京。"))
+    assert flags == {"garbled": False, "repetition": True, "empty": False, "truncated": True, "off_topic": True,
+                     "collapsed": True}
+    clean = m.quality_flags("中国的首都是哪里？", "北京。", "eot", seen=frozenset("北京。"), collapse_share=0.0)
     assert not any(clean.values())
+
+
+# --------------------------------------------------------------------------- collapse (over all answers)
+
+SENTENCE = "宝玉听了便向黛玉笑道妹妹今日可好些了么我们一同去园子里走走罢"  # 30 chars, 27 distinct 4-grams
+OTHERS = ["长城是中国古代的军事防御工程", "孙悟空一个筋斗云便是十万八千里", "林冲在草料场看守风雪交加",
+          "天下大势分久必合合久必分", "北京是中华人民共和国的首都", "水是由氢和氧两种元素组成的",
+          "地球绕着太阳转一圈大约一年", "李白是唐代著名的浪漫主义诗人", "熊猫主要吃竹子生活在四川",
+          "一年有春夏秋冬四个季节"]
+
+
+def _flags(questions, answers):
+    return [m.is_collapsed(x) for x in m.collapse_shares(questions, answers)]
+
+
+def test_identical_answers_to_different_questions_are_collapsed():
+    qs = [f"问题{i}是什么？" for i in range(4)]
+    assert m.collapse_shares(qs, [SENTENCE] * 4) == [1.0] * 4
+    assert _flags(qs, [SENTENCE] * 4) == [True] * 4
+    assert _flags(qs, OTHERS[:4]) == [False] * 4  # varied answers
+
+
+def test_the_same_question_answered_the_same_way_is_not_collapse():
+    assert _flags(["长城有多长？"] * 5, [SENTENCE] * 5) == [False] * 5
+    # whitespace around a question does not make it a different question
+    assert _flags(["长城有多长？", " 长城有多长？\n"], [SENTENCE] * 2) == [False, False]
+    # two copies of question A, one of B, all with the same answer: A's peers are only B
+    assert m.collapse_shares(["A问题", "A问题", "B问题"], [SENTENCE] * 3) == [1.0, 1.0, 1.0]
+
+
+def test_near_duplicates_above_and_below_the_jaccard_threshold():
+    grams = frozenset(m.char_ngrams(SENTENCE, 4))
+    assert len(grams) == 27
+    one_end = SENTENCE[:-1] + "吧"  # last 4-gram changed: 26 shared of 28 -> 0.93
+    middle = SENTENCE[:15] + "吗" + SENTENCE[16:]  # 4 grams changed: 23 of 31 -> 0.74
+    assert m.jaccard(grams, frozenset(m.char_ngrams(one_end, 4))) == pytest.approx(26 / 28)
+    assert m.jaccard(grams, frozenset(m.char_ngrams(middle, 4))) == pytest.approx(23 / 31)
+    assert 23 / 31 < m.COLLAPSE_JACCARD <= 26 / 28
+    assert _flags(["问一", "问二"], [SENTENCE, one_end]) == [True, True]
+    assert _flags(["问一", "问二"], [SENTENCE, middle]) == [False, False]
+    # whitespace is dropped before the 4-grams are taken
+    assert _flags(["问一", "问二"], [SENTENCE, " ".join(SENTENCE)]) == [True, True]
+
+
+def test_the_ten_percent_rule():
+    # 12 answers, 11 peers each: one duplicate pair is 1/11 < 10% (a coincidence) ...
+    qs = [f"问题{i}" for i in range(12)]
+    pair = [SENTENCE, SENTENCE] + OTHERS
+    shares = m.collapse_shares(qs, pair)
+    assert shares[:2] == [pytest.approx(1 / 11)] * 2 and shares[2:] == [0.0] * 10
+    assert not any(m.is_collapsed(x) for x in shares)
+    # ... three copies are 2/11 >= 10% for each of them
+    triple = [SENTENCE] * 3 + OTHERS[:9]
+    assert _flags(qs, triple) == [True] * 3 + [False] * 9
+    # with few answers one match is already a large share
+    assert _flags(["甲", "乙", "丙"], [SENTENCE, SENTENCE, OTHERS[0]]) == [True, True, False]
+    assert _flags(["甲"], [SENTENCE]) == [False]  # no peers
+    assert m.collapse_shares([], []) == []
+    with pytest.raises(ValueError):
+        m.collapse_shares(["甲"], [])
+
+
+def test_empty_and_short_answers_are_never_collapsed_but_count_as_peers():
+    qs = [f"问题{i}" for i in range(4)]
+    assert _flags(qs, ["", "", "  ", "。"]) == [False] * 4  # the empty flag's business
+    assert _flags(qs, ["北京", "北京", "是的。", "是的。"]) == [False] * 4  # < 4 characters
+    # two identical long answers among 10 peers each: 1/10 of them, exactly the threshold
+    shares = m.collapse_shares([f"问{i}" for i in range(11)], [SENTENCE, SENTENCE] + [""] * 9)
+    assert shares[:2] == [0.1, 0.1] and all(m.is_collapsed(x) for x in shares[:2])
+    assert not any(m.is_collapsed(x) for x in shares[2:])
 
 
 def test_settings_state_the_definitions():
     s = m.settings()
     assert s["rouge_l"]["beta"] == 1.2 and s["bleu"]["tokenize"] == "zh"
     assert s["quality_thresholds"]["repeat_ratio"] == 0.5
+    assert s["collapse"] == {"char_ngram": 4, "jaccard_min": 0.8, "share_of_other_questions_answers_min": 0.1,
+                             "unique_answer_share": "answers not flagged collapsed / all answers"}
