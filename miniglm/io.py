@@ -77,27 +77,35 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:
-    """Replace `path` with `data` atomically (see the module docstring)."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh, exclusively created temporary path beside `path` to write (by us, or by a
+    library that wants a path); on success it is fsynced and renamed over `path`, on any error removed."""
     path = Path(path)
     check_writable_target(path)
-    payload = data.encode(encoding) if isinstance(data, str) else data
     with _naming(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
+        yield tmp
         with _naming(path):
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
+            with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
             os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)
+    finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:
+    """Replace `path` with `data` atomically (see the module docstring)."""
+    payload = data.encode(encoding) if isinstance(data, str) else data
+    with atomic_file(path) as tmp, _naming(Path(path)), open(tmp, "wb") as f:
+        f.write(payload)
+    return Path(path)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from miniglm.export.hf import chat_template
-from miniglm.export.output import ExportError, atomic_file, check_target
+from miniglm.export.output import ExportError, check_target
 from miniglm.export.source import Source
 from miniglm.extras import require
+from miniglm.io import atomic_file
 from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import Tokenizer
 
@@ -187,6 +188,7 @@ def export_gguf(src: Source, out: str | Path, dtype: str = "f16", overwrite: boo
     tensors = gguf_tensors(src.loaded.model)
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), "llama")
         try:

@@ -1,16 +1,12 @@
 """Where an export goes, and the rules for replacing what is there.
 
 A directory export is filled through `miniglm.io.atomic_dir`; a file export (GGUF, written by a
-library that wants a path) goes to a uniquely named temporary file beside the target and is renamed
-over it. Either way a kill or an error leaves nothing new, or the previous export intact.
+library that wants a path) through `miniglm.io.atomic_file`: a uniquely named temporary file beside
+the target, renamed over it. Either way a kill or an error leaves nothing new, or the previous export intact.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from miniglm.errors import UserError
@@ -35,21 +31,3 @@ def check_target(out: Path, overwrite: bool, source: Path, is_dir: bool) -> None
         raise ExportError(f"{out} contains the checkpoint being exported ({source}); choose another --out")
     if not is_dir:
         check_writable_target(out)
-
-
-@contextlib.contextmanager
-def atomic_file(out: Path) -> Iterator[Path]:
-    """Yield a fresh temporary path beside `out` to write; on success it is renamed over `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; an export is an ordinary file
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
