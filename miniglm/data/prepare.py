@@ -299,9 +299,7 @@ def prepare(inputs: Sequence[str | Path], out: str | Path, cfg: PrepareConfig | 
         tok = train_corpus_tokenizer(train_docs, len(picked), train_chars, cfg.vocab_size, cfg.min_frequency, progress)
         trained_on = {"documents": len(picked), "chars": train_chars}
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} exists and is not a directory")
-    created = not out.exists()
+    created = not out.exists()  # (check_out refused a non-directory before any work)
     staging = out / STAGING
     try:
         shutil.rmtree(staging, ignore_errors=True)  # left over from a killed run
