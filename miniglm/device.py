@@ -65,13 +65,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device, scoring: bool = False) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, scoring: bool = False, quantize: str = "none") -> torch.dtype:
     """The ONE dtype rule. `name` is the config's dtype; "auto" picks per device (module docstring).
 
     scoring: for held-out losses and perplexities, "auto" stays float32 on a CPU even where bf16
     is faster: scoring is a small cost next to training, and its numbers should not move with
-    the CPU's instruction set.
+    the CPU's instruction set. quantize: "int8" weights run on a CPU with float32 activations.
     """
+    if quantize != "none":
+        if device.type != "cpu":
+            raise DeviceError(f"quantize={quantize} runs on the CPU; this run's device is {device.type} "
+                              f"(use device=cpu, or quantize=none)")
+        if name not in ("auto", "float32"):
+            raise DeviceError(f"quantize={quantize} runs float32 activations: dtype={name} cannot be combined "
+                              f"with it (use dtype=auto or float32)")
+        return torch.float32
     if name != "auto":
         dtype = DTYPES[name]
         if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():

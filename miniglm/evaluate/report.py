@@ -7,7 +7,7 @@ best answers by Rouge-L with question, reference, answer and flags). The measuri
 
 report.json:
     {"report": "miniglm-eval", "format_version": 1, "created": ISO time, "settings": {...},
-     "runs": [{"name", "run", "checkpoint", "step", "params", "device", "dtype",
+     "runs": [{"name", "run", "checkpoint", "step", "params", "device", "dtype", "quantization" (e.g. "int8/dynamic" | null),
                "heldout": [LossResult...], "qa": {"summary": {...}, "items": [...]} | null,
                "summary": {metric: value}, "judge": {...} (only after `miniglm judge`)}],
      "comparison": {metric: {"a", "b", "delta"}} | null,
@@ -102,13 +102,15 @@ def evaluate_run(run: str | Path, data_dir: str | Path | None, text_files: Seque
 
     device = resolve_device(cfg.device)
     loaded = load_checkpoint(run, device=device, which=which)  # float32 weights for the losses
-    dtype = resolve_dtype(cfg.dtype, device, scoring=True)
+    dtype = resolve_dtype(cfg.dtype, device, scoring=True, quantize=cfg.quantize)
+    if cfg.quantize != "none":  # losses and answers both from the int8 products
+        loaded.model.quantize(cfg.quantize)
     heldout = evaluate_heldout(loaded.model, loaded.tokenizer, data_dir, text_files, batch_size, dtype, progress)
     qa, gen_dtype = None, None
     if qa_items:
         # Losses first (float32 weights, autocast); then the weights in the dtype `sample`/`chat`
         # generate with, so the speed measured is the one users see.
-        gen_dtype = resolve_dtype(cfg.dtype, device)
+        gen_dtype = resolve_dtype(cfg.dtype, device, quantize=cfg.quantize)
         chars, used = training_characters(training_data_dirs(loaded.path, loaded.meta), loaded.tokenizer)
         qa = evaluate_qa(loaded.model, loaded.tokenizer, qa_items, cfg, batch_size, dtype, progress,
                          generation_dtype=gen_dtype, speed_probe=speed_probe,
@@ -116,6 +118,7 @@ def evaluate_run(run: str | Path, data_dir: str | Path | None, text_files: Seque
     result = {"name": run_name(loaded.path), "run": str(run), "checkpoint": str(loaded.path),
               "step": loaded.meta.get("step"), "params": loaded.model.num_params(), "device": str(device),
               "dtype": str(dtype).removeprefix("torch."),
+              "quantization": None if loaded.model.quantization is None else "/".join(loaded.model.quantization),
               "generation_dtype": str(gen_dtype).removeprefix("torch.") if gen_dtype else None,
               "heldout": [r.to_dict() for r in heldout], "qa": qa}
     result["summary"] = summary_metrics(result)
@@ -233,7 +236,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# MiniGLM evaluation report", "", f"Created {report['created']}."]
     for r in report["runs"]:
         lines.append(f"- **{r['name']}**: checkpoint `{r['checkpoint']}`, step {r['step']}, "
-                     f"{r['params']:,} parameters, {r['device']} {r['dtype']}")
+                     f"{r['params']:,} parameters, {r['device']} {r['dtype']}"
+                     + (f", {r['quantization']} weights" if r.get("quantization") else ""))
     for r in report["runs"]:
         if r.get("qa") and r["qa"].get("seen_set"):
             seen = r["qa"]["seen_set"]

@@ -241,4 +241,7 @@ def load_for_generation(path: str | Path, cfg: SampleConfig):
     from miniglm.device import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
-    return load_checkpoint(path, device=device, dtype=resolve_dtype(cfg.dtype, device))
+    loaded = load_checkpoint(path, device=device, dtype=resolve_dtype(cfg.dtype, device, quantize=cfg.quantize))
+    if cfg.quantize != "none":
+        loaded.model.quantize(cfg.quantize)
+    return loaded

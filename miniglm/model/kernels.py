@@ -285,3 +285,91 @@ def pack_linear(weight: torch.Tensor, packed: bool | None = None) -> LinearFn:
     can = onednn_packs(weight.device, weight.dtype) if packed is not False else False
     small = packed is None and weight.dtype == torch.float32 and weight.numel() < PACK_MIN_FLOAT32
     return _onednn_linear(weight) if can and not small else _plain_linear(weight)
+
+
+# --------------------------------------------------------------------------- int8 weights for inference
+
+INT8_KERNELS = ("dynamic", "weight_only")
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q int8 (N, K), scale float32 (N,)) with weight ~= q * scale[:, None].
+
+    scale = max |row| / 127, round to nearest; an all-zero row gets scale 1 (q = 0). Rows are
+    quantized independently, so quantizing stacked matrices equals stacking quantized ones.
+    """
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+@functools.cache
+def _dynamic_int8_works() -> bool:
+    """Does this torch build run the x86 (fbgemm) dynamic int8 linear product (checked on a tiny case)?"""
+    try:
+        if not any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm")):
+            return False
+        w = torch.linspace(-1, 1, 128).view(8, 16)
+        x = torch.linspace(1, -1, 32).view(2, 16)
+        y = _dynamic_int8_linear(*quantize_int8(w))(x)
+        return bool(torch.allclose(y, F.linear(x, w), atol=5e-2, rtol=5e-2))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def default_int8_kernel() -> str:
+    """The fixed rule: "dynamic" where PyTorch's x86 int8 GEMM (fbgemm) runs, else "weight_only".
+
+    `aten._weight_int8pack_mm` (weight-only) is vectorised only for AVX-512 and ARM in PyTorch
+    2.13; on an AVX2 CPU it runs 4-10x slower than float32, while fbgemm's dynamic int8 product
+    is several times faster than float32 there (figures in bench/README.md).
+    """
+    return "dynamic" if _dynamic_int8_works() else "weight_only"
+
+
+def _dynamic_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
+    zero = torch.zeros(scale.numel(), dtype=torch.long)
+    import warnings
+
+    with warnings.catch_warnings():  # "quantized tensor creation functions are deprecated" (the op is not)
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+    packed = torch.ops.quantized.linear_prepack(qweight, None)
+    op = torch.ops.quantized.linear_dynamic.default
+    N = scale.numel()
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        return op(x.reshape(-1, x.size(-1)), packed, True).view(*x.shape[:-1], N)
+    return linear
+
+
+def _weight_only_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
+    op = torch.ops.aten._weight_int8pack_mm.default
+    N = scale.numel()
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        return op(x.reshape(-1, x.size(-1)).contiguous(), q, scale).view(*x.shape[:-1], N)
+    return linear
+
+
+def int8_linear(weight: torch.Tensor, kernel: str) -> LinearFn:
+    """x (float32) -> x @ weight.T with `weight` stored as per-channel int8 (see quantize_int8).
+
+    kernel "dynamic": PyTorch's x86 int8 GEMM (fbgemm, `quantized::linear_dynamic`): int8
+    weights, and each call quantizes its input to 8 bits with one scale for the whole input
+    (so rows of a batch share it) and returns float32. "weight_only":
+    `aten._weight_int8pack_mm`: int8 weights, float32 activations.
+    """
+    if weight.device.type != "cpu":
+        raise KernelError("int8 weights run on the CPU only")
+    q, scale = quantize_int8(weight)
+    if kernel == "dynamic":
+        if not _dynamic_int8_works():
+            raise KernelError("int8 kernel 'dynamic' needs PyTorch's x86 (fbgemm) quantized engine, "
+                              "which this torch build or CPU lacks")
+        return _dynamic_int8_linear(q, scale)
+    if kernel == "weight_only":
+        return _weight_only_int8_linear(q, scale)
+    raise KernelError(f"int8 kernel {kernel!r}: expected {' or '.join(INT8_KERNELS)}")

@@ -23,19 +23,33 @@ weights are derived from the parameters, rebuilt whenever a parameter changes, a
 the cached path; the arithmetic is the same (tests compare both paths, and both with transformers).
 On a CPU the cache holds float32 keys/values whatever the weights' dtype, and attention over it
 runs in float32, where CPU kernels are several times faster for one query than in bfloat16.
+`quantize("int8")` (inference on a CPU) builds those decode-time matrices, the LM head included,
+as per-channel int8 (`kernels.int8_linear`) and then routes EVERY forward through them, scoring
+too (token losses from the int8 head a chunk at a time), so what is measured is what generates.
 This file knows nothing of training or generation loops.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from miniglm.config import ModelConfig
-from miniglm.model.kernels import Linear, LinearFn, causal_attention, linear_cross_entropy, pack_linear
+from miniglm.model.kernels import (
+    Linear,
+    LinearFn,
+    causal_attention,
+    default_int8_kernel,
+    int8_linear,
+    linear_cross_entropy,
+    pack_linear,
+)
+
+Layout = Callable[[torch.Tensor], LinearFn]  # a weight -> its decode-time product (packed or int8)
 
 
 class RMSNorm(nn.Module):
@@ -113,9 +127,9 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.n_head * self.head_dim, C, bias=False)
         self.fused: tuple[LinearFn, LinearFn] | None = None  # (qkv, o) for decoding; see MiniGLM.fuse
 
-    def fuse(self, packed: bool | None) -> None:
+    def fuse(self, layout: Layout) -> None:
         qkv = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # ((H+2K)D, C)
-        self.fused = (pack_linear(qkv, packed), pack_linear(self.o_proj.weight, packed))
+        self.fused = (layout(qkv), layout(self.o_proj.weight))
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
                 fused: bool = False):
@@ -163,9 +177,9 @@ class MLP(nn.Module):
 
         self.fused: tuple[LinearFn, LinearFn] | None = None  # (gate_up, down) for decoding
 
-    def fuse(self, packed: bool | None) -> None:
+    def fuse(self, layout: Layout) -> None:
         gate_up = torch.cat([self.gate_proj.weight, self.up_proj.weight])  # (2I, C)
-        self.fused = (pack_linear(gate_up, packed), pack_linear(self.down_proj.weight, packed))
+        self.fused = (layout(gate_up), layout(self.down_proj.weight))
 
     def forward(self, x, fused: bool = False):
         if fused:
@@ -217,6 +231,7 @@ class MiniGLM(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._fused_key: tuple | None = None  # what the decode-time weights were built from (see fuse)
+        self.quantization: tuple[str, str] | None = None  # ("int8", kernel) once quantize() ran
         self.fused_head: LinearFn | None = None
         self.apply(self._init_weights)
         # GPT-2 style: scale the projections that write into the residual stream by 1/sqrt(2N),
@@ -247,18 +262,44 @@ class MiniGLM(nn.Module):
     def fuse(self, packed: bool | None = None) -> MiniGLM:
         """Lay the weights out for decoding (see the module docstring); a no-op while they are current.
 
-        packed: None = oneDNN-pack where it pays off, True = every matrix, False = never.
+        packed: None = oneDNN-pack where it pays off, True = every matrix, False = never (ignored
+        once the model is quantized: its matrices are int8).
         """
         fingerprint = self._fingerprint()
-        current = self._fused_key is not None and self._fused_key[0] == fingerprint
+        current = (self._fused_key is not None and self._fused_key[0] == fingerprint
+                   and self._fused_key[2] == self.quantization)
         if not current or (packed is not None and packed != self._fused_key[1]):
-            key = (fingerprint, packed)
+            if self.quantization is not None:
+                kernel = self.quantization[1]
+                layout: Layout = lambda w: int8_linear(w, kernel)  # noqa: E731
+            else:
+                layout = lambda w: pack_linear(w, packed)  # noqa: E731
             for layer in self.model.layers:
-                layer.self_attn.fuse(packed)
-                layer.mlp.fuse(packed)
-            self.fused_head = pack_linear(self.lm_head.weight, packed)
-            self._fused_key = key
+                layer.self_attn.fuse(layout)
+                layer.mlp.fuse(layout)
+            self.fused_head = layout(self.lm_head.weight)
+            self._fused_key = (fingerprint, packed, self.quantization)
         return self
+
+    @torch.no_grad()
+    def quantize(self, kind: str = "int8", kernel: str | None = None) -> MiniGLM:
+        """Run every matrix product (blocks and LM head) with per-channel int8 weights from now on.
+
+        For inference on a CPU with float32 activations: generation, scoring and evaluation all
+        go through the int8 products (the embedding lookup stays float32: it reads one row per
+        token). kernel: "dynamic" or "weight_only" (see `kernels.int8_linear`); None = the rule
+        for this machine (`kernels.default_int8_kernel`). The float32 parameters stay (for
+        saving, export); training a quantized model is refused.
+        """
+        if kind != "int8":
+            raise ValueError(f"quantize: {kind!r} is not supported (int8)")
+        weight = self.model.embed_tokens.weight
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            raise ValueError(f"int8 weights run on the CPU with float32 activations; this model is "
+                             f"{str(weight.dtype).removeprefix('torch.')} on {weight.device.type}")
+        self.quantization = ("int8", kernel or default_int8_kernel())
+        self.eval().requires_grad_(False)
+        return self.fuse()
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for decoding with this model (float32 on a CPU); fuses the weights first."""
@@ -291,14 +332,28 @@ class MiniGLM(nn.Module):
             cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, D)
         else:
             cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)  # (B,1,T,D)
-        # the fused weights only for a cache made by new_cache since the weights last changed
-        fused = kv_cache is not None and kv_cache.weights_key is not None and kv_cache.weights_key is self._fused_key
+        if self.quantization is not None:  # int8: every product through the int8 weights
+            if self.training:
+                raise RuntimeError("a quantized model is for inference only: it cannot be trained")
+            self.fuse()
+            fused = True
+        else:  # the fused weights only for a cache made by new_cache since the weights last changed
+            fused = (kv_cache is not None and kv_cache.weights_key is not None
+                     and kv_cache.weights_key is self._fused_key)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.model.layers:
             x = layer.forward(x, cos, sin, kv_cache, attn_mask, True) if fused else layer(x, cos, sin, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.model.norm(x)
+        if targets is not None and fused:  # int8 scoring: the (B, T, V) logits a chunk of rows at a time
+            losses = self._fused_token_losses(x.reshape(B * T, -1), targets.reshape(-1))
+            if loss_mask is not None:
+                losses = losses * loss_mask.reshape(-1).float()
+            if reduction == "none":
+                return None, losses.view(B, T)
+            n = B * T if loss_mask is None else loss_mask.float().sum().clamp(min=1.0)
+            return None, losses.sum() / n
         if targets is not None:  # loss without materialising the (B, T, V) logits
             mask = None if loss_mask is None else loss_mask.reshape(-1)
             loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), mask,
@@ -309,3 +364,13 @@ class MiniGLM(nn.Module):
         if fused:
             return self.fused_head(x).float(), None  # (B, 1 or T, V) float32 for sampling
         return self.lm_head(x), None  # (B, T, V)
+
+    def _fused_token_losses(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 cross-entropies of the decode-time head's logits, about 16 MB of logits at a time."""
+        chunk = max(16, (1 << 22) // self.config.vocab_size)
+        out = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
+        for s in range(0, h.size(0), chunk):
+            logits = self.fused_head(h[s:s + chunk]).float()  # (n, V)
+            t = targets[s:s + chunk, None]
+            out[s:s + chunk] = (logits.logsumexp(dim=1, keepdim=True) - logits.gather(1, t)).squeeze(1)
+        return out
