@@ -1,0 +1,126 @@
+"""bench/quality.py's pieces: the chapter split of the novels, the char vocabulary and the GPT-2 peer's
+held-out scoring (every character but the first predicted once, checked against direct forwards)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+NOVELS = REPO.parent / "shared" / "data" / "pretrain"
+NAMES = ("hongloumeng", "sanguoyanyi", "shuihuzhuan", "xiyouji")
+NUMERALS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一", "十二"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    path = REPO / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def novel(chapters: int, toc: bool = False) -> str:
+    """A preamble, optionally a table of contents, then `chapters` chapters with bodies; one body line
+    starts like a heading ("第二回中，…") and chapter 3's heading is doubled."""
+    parts = ["书名\n\n序言一段。\n\n"]
+    if toc:
+        parts.append("目录\n" + "".join(f"第{NUMERALS[i]}回　回目{i + 1}\n" for i in range(chapters)) + "\n")
+    for i in range(chapters):
+        heading = f"第{NUMERALS[i]}回　回目{i + 1}\n"
+        if i == 2:
+            parts.append(heading + "\n")
+        parts.append(f"{heading}\n正文{i + 1}，话说某人。\n" + ("第二回中，已经说过此事。\n" if i == 3 else "") + "\n")
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("toc", [False, True])
+def test_split_holds_out_from_the_fifth_last_heading(bench, toc):
+    text = novel(8, toc)
+    train, held = bench.split_novel(text)
+    assert train + held == text
+    assert held.startswith("第四回　回目4\n") and held.count("回目") == 5  # chapters 4..8, no TOC line
+    assert train.endswith("正文3，话说某人。\n\n")
+    assert [n for _, n in bench.chapter_starts(text)] == list(range(1, 9))
+    train2, held2 = bench.split_novel(text, held_chapters=2)
+    assert held2.startswith("第七回") and train2 + held2 == text
+
+
+def test_split_needs_more_headings_than_held_chapters(bench):
+    with pytest.raises(ValueError, match="found 5 chapter headings"):
+        bench.split_novel(novel(5))
+    with pytest.raises(ValueError, match="found 0"):
+        bench.split_novel("没有回目的一段文字。\n第二回中，提到了。\n")
+    assert bench.split_novel(novel(6))[1].startswith("第二回　")
+    with pytest.raises(ValueError, match="held_chapters"):
+        bench.split_novel(novel(8), held_chapters=0)
+
+
+def test_chapter_numbers(bench):
+    cases = {"一": 1, "十": 10, "十二": 12, "二十": 20, "九十九": 99, "一百": 100, "一百零五": 105,
+             "一百十四": 114, "一百二十": 120, "两百": 200, "12": 12, "１２": 12, "1百零2": 102}
+    assert {k: bench.chapter_number(k) for k in cases} == cases
+
+
+@pytest.mark.skipif(not all((NOVELS / f"{n}.txt").is_file() for n in NAMES), reason="the four novels are not here")
+@pytest.mark.parametrize("name", NAMES)
+def test_split_of_the_real_novels(bench, name):
+    text = (NOVELS / f"{name}.txt").read_text(encoding="utf-8")
+    starts = bench.chapter_starts(text)
+    nums = [n for _, n in starts]
+    assert nums == list(range(1, len(nums) + 1)) and len(nums) in (100, 120)
+    train, held = bench.split_novel(text)
+    assert train + held == text
+    assert 0 < len(held) < 0.15 * len(text)
+    assert bench.HEADING.match(held) and held.startswith(f"第{'九十六' if len(nums) == 100 else '一百十六'}回")
+
+
+def test_char_vocab_maps_unseen_characters_to_unk(bench):
+    v = bench.CharVocab("天下大势，分久必合\n")
+    assert len(v) == 11 and v.unk == 10
+    ids = v.encode("合久\n龙x")
+    assert ids.tolist()[:3] == [v.index["合"], v.index["久"], v.index["\n"]] and ids.tolist()[3:] == [10, 10]
+    assert v.unknown("合久\n龙x") == 2 and v.chars == sorted(v.chars)
+
+
+def test_width_matching_and_parameter_formula(bench):
+    model = bench.build_gpt2(vocab=50, n_positions=16, n_layer=2, n_head=4, n_embd=24)
+    assert bench.num_params(model) == bench.gpt2_params(50, 16, 2, 24)
+    d = bench.match_width(bench.gpt2_params(50, 16, 2, 24) + 5, 50, 16, 2, 4)
+    assert d == 24
+
+
+@pytest.mark.parametrize("n, block, batch", [(9, 8, 16), (21, 8, 2), (17, 8, 1), (2, 8, 4)])
+def test_gpt2_scoring_predicts_every_char_but_the_first_once(bench, n, block, batch):
+    torch.manual_seed(0)
+    model = bench.build_gpt2(vocab=13, n_positions=block, n_layer=1, n_head=2, n_embd=16).eval()
+    ids = torch.randint(0, 13, (n,))
+    nats, scored, windows = bench.score_chars(model, ids, block, batch_size=batch)
+    assert scored == n - 1 and windows == math.ceil((n - 1) / block)
+    want = 0.0  # one forward per window, by hand: -log p(ids[t + 1] | ids[k·block .. t])
+    with torch.no_grad():
+        for s in range(0, n - 1, block):
+            w = ids[s:s + block + 1]
+            logp = torch.log_softmax(model(input_ids=w[None, :-1]).logits[0].double(), -1)
+            want -= logp.gather(1, w[1:, None]).sum().item()
+    assert nats == pytest.approx(want, rel=1e-5)
+
+
+def test_gpt2_one_window_matches_the_models_own_loss(bench):
+    torch.manual_seed(1)
+    model = bench.build_gpt2(vocab=11, n_positions=8, n_layer=1, n_head=2, n_embd=8).eval()
+    ids = torch.randint(0, 11, (9,))
+    nats, scored, _ = bench.score_chars(model, ids, 8)
+    with torch.no_grad():
+        loss = model(input_ids=ids[None, :-1], labels=ids[None, :-1]).loss.item()  # 7 shifted targets
+        last = -torch.log_softmax(model(input_ids=ids[None, :-1]).logits[0, -1], -1)[ids[-1]].item()
+    assert scored == 8 and nats == pytest.approx(7 * loss + last, rel=1e-5)
+    assert bench.bits_per_char(nats, 9) == pytest.approx(nats / (9 * math.log(2)))
