@@ -1,4 +1,4 @@
-"""Benchmark: generation speed of MiniGLM's engine vs Hugging Face `transformers` on the same weights.
+"""Benchmark: decoding speed of MiniGLM's engine vs Hugging Face `transformers`, and against the memory roofline.
 
 The `base` preset (6 layers, hidden 512, context 512) with random weights and a vocabulary of
 --vocab-size (default 16000); the same weights are copied into `transformers.LlamaForCausalLM`
@@ -11,16 +11,29 @@ Ours: `engine.generate`; theirs: `LlamaForCausalLM.generate(use_cache=True)` (sd
 Each side gets a warm-up run, then --repeats timed runs, interleaved; the medians are reported.
 Times include the prefill.
 
+Formats (--formats): float32, bfloat16 (weights and compute), int8 (`--quantize int8`: per-channel
+int8 weights, float32 activations; its peer is transformers in float32, and its greedy tokens are
+compared with our float32 ones).
+
+Roofline: decoding one token reads every weight of the decode-time products once
+(`MiniGLM.decode_plan`: bytes per format, int8 scales included) plus the KV cache (keys and
+values of every layer, float32, at the run's mean length); the machine's read bandwidth is
+measured here (the best of a few sums over a 512 MB float32 buffer, far beyond any cache, with
+torch's threads). roofline tok/s = bandwidth / bytes per token; "of roofline" = measured / that.
+A model whose bytes fit in the CPU's last-level cache (int8 base: 28 MB) may read faster than
+memory allows, so its fraction can exceed what DRAM alone would permit.
+
 chars/s needs text: a byte-level BPE of the same vocabulary size is trained on a slice of the
 novels (--corpus-chars) and decodes the generated ids. With random weights the ids are arbitrary,
 so chars/s is tokens/s times the average characters per generated token (whatever the tokenizer's
 tokens hold), not a property of a trained model.
 
-    python bench/generate.py                  # float32 and bfloat16 (miniglm installed or PYTHONPATH=.)
-    python bench/generate.py --dtype float32 --repeats 5
+    python bench/generate.py                        # float32, int8 (+ bfloat16 where the CPU has bf16)
+    python bench/generate.py --formats float32 --repeats 5
+    python bench/generate.py --profile              # also a per-operation profile of our float32 decode
 
-Last line: `ratio_vs_transformers: X.XX`, ours / theirs in tokens/s for the dtype `miniglm sample`
-uses by default on this machine (`--dtype auto`), or for the one dtype asked for.
+Last line: `ratio_vs_transformers: X.XX`, ours / theirs in tokens/s for the format `miniglm sample`
+uses by default on this machine (float32 or bfloat16 per `--dtype auto`), or the first format asked for.
 """
 
 from __future__ import annotations
@@ -34,8 +47,9 @@ from pathlib import Path
 import torch
 
 from miniglm.config import SampleConfig, TrainConfig, load_config
-from miniglm.device import DTYPES, resolve_dtype
+from miniglm.device import DTYPES, cpu_prefers_bf16, resolve_dtype
 from miniglm.generate import engine
+from miniglm.model import kernels
 from miniglm.model.model import MiniGLM
 from miniglm.tokenizer import train_tokenizer
 
@@ -83,36 +97,95 @@ def theirs(hf, prompt: list[int], cfg: SampleConfig) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def measure(dtype: torch.dtype, base: MiniGLM, tok, prompt: list[int], cfg: SampleConfig, repeats: int) -> dict:
+def read_bandwidth(mb: int = 512, tries: int = 5) -> float:
+    """Bytes/s of the best of `tries` sums over an `mb` MB float32 buffer (far larger than any cache)."""
+    buf = torch.ones(mb * (1 << 20) // 4)
+    buf.sum()  # fault the pages in
+    best = min(_timed(buf.sum) for _ in range(tries))
+    return buf.numel() * 4 / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def our_model(base: MiniGLM, fmt: str) -> MiniGLM:
     model = MiniGLM(base.config).eval()
     model.load_state_dict(base.state_dict())
-    model.to(dtype)
-    hf = hf_copy(model)
+    if fmt == "int8":
+        return model.quantize("int8")
+    return model.to(DTYPES[fmt])
+
+
+def kv_bytes_per_token(model: MiniGLM, mean_len: float) -> float:
+    """Keys and values of every layer read per decoded token (float32 cache on a CPU)."""
+    c = model.config
+    return 2 * c.num_hidden_layers * mean_len * c.num_key_value_heads * c.head_dim * 4
+
+
+def measure(formats: list[str], base: MiniGLM, tok, prompt: list[int], cfg: SampleConfig, repeats: int) -> dict:
+    """Interleaved timed runs: ours in every format and transformers in the dtypes they pair with."""
+    peer_of = {f: ("float32" if f == "int8" else f) for f in formats}
+    sides = {f"miniglm {f}": (ours, our_model(base, f)) for f in formats}
+    for dtype in dict.fromkeys(peer_of.values()):
+        sides[f"transformers {dtype}"] = (theirs, hf_copy(our_model(base, dtype)))
     short = dataclasses.replace(cfg, max_new_tokens=16)
-    ours(model, prompt, short), theirs(hf, prompt, short)  # warm-up: weight packing, kernel selection
-    runs = {"miniglm": [], "transformers": []}
-    tokens = {}
+    for fn, m in sides.values():
+        fn(m, prompt, short)  # warm-up: weight packing, kernel selection
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    tokens: dict[str, list[int]] = {}
     for _ in range(repeats):
-        for name, fn, m in (("miniglm", ours, model), ("transformers", theirs, hf)):
+        for name, (fn, m) in sides.items():
             t0 = time.perf_counter()
             tokens[name] = fn(m, prompt, cfg)
             runs[name].append(time.perf_counter() - t0)
-    a, b = tokens["miniglm"], tokens["transformers"]
-    assert len(a) == len(b) == cfg.max_new_tokens, (len(a), len(b))
-    result = {"agree": sum(x == y for x, y in zip(a, b)) / len(a)}
+    result: dict = {"sides": {}, "formats": {}}
     for name, times in runs.items():
+        n = len(tokens[name])
+        assert n == cfg.max_new_tokens, (name, n)
         sec = statistics.median(times)
         chars = len(tok.decode(tokens[name], skip_special_tokens=True))
-        result[name] = {"tokens_per_s": len(tokens[name]) / sec, "chars_per_s": chars / sec,
-                        "ms_per_token": 1000 * sec / len(tokens[name]), "best_tokens_per_s": len(tokens[name]) / min(times)}
-    result["ratio"] = result["miniglm"]["tokens_per_s"] / result["transformers"]["tokens_per_s"]
+        result["sides"][name] = {"tokens_per_s": n / sec, "chars_per_s": chars / sec, "ms_per_token": 1000 * sec / n,
+                                 "best_tokens_per_s": n / min(times)}
+    mean_len = len(prompt) + cfg.max_new_tokens / 2
+    for f in formats:
+        model = sides[f"miniglm {f}"][1]
+        plan = model.decode_plan()
+        ours_tok, peer = tokens[f"miniglm {f}"], tokens[f"transformers {peer_of[f]}"]
+        reference = tokens.get("miniglm float32", peer)
+        result["formats"][f] = {
+            "peer": f"transformers {peer_of[f]}",
+            "ratio": result["sides"][f"miniglm {f}"]["tokens_per_s"] / result["sides"][f"transformers {peer_of[f]}"]["tokens_per_s"],
+            "agree_peer": sum(x == y for x, y in zip(ours_tok, peer)) / len(peer),
+            "agree_float32": sum(x == y for x, y in zip(ours_tok, reference)) / len(reference),
+            "weight_bytes": sum(p["bytes"] for p in plan), "kv_bytes": kv_bytes_per_token(model, mean_len),
+            "kernels": sorted({p["kernel"] for p in plan})}
     return result
+
+
+def profile_decode(base: MiniGLM, prompt: list[int], cfg: SampleConfig, fmt: str, rows: int = 15) -> None:
+    """torch.profiler table of one generation: where decoding time goes, operation by operation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = our_model(base, fmt)
+    ours(model, prompt, cfg)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        ours(model, prompt, cfg)
+        wall = time.perf_counter() - t0
+    print(f"\nprofile of one {fmt} generation ({cfg.max_new_tokens} tokens, {1000 * wall / cfg.max_new_tokens:.2f} "
+          f"ms/token under the profiler, which adds a few us per operation):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dtype", default="all", choices=["all", "auto", "float32", "bfloat16"],
-                    help="dtype(s) to measure; all = float32 and bfloat16 (default)")
+    ap.add_argument("--formats", default="",
+                    help="comma-separated formats among float32, bfloat16, int8 (default: float32,int8, plus "
+                         "bfloat16 where the CPU has native bf16)")
+    ap.add_argument("--profile", action="store_true", help="also print a per-operation profile of our decode")
     ap.add_argument("--vocab-size", type=int, default=16000, help="vocabulary size (default 16000)")
     ap.add_argument("--new-tokens", type=int, default=256, help="tokens generated per run (default 256)")
     ap.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
@@ -124,8 +197,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    default = resolve_dtype("auto", torch.device("cpu"))
-    names = {"all": ["float32", "bfloat16"], "auto": [str(default).removeprefix("torch.")]}.get(args.dtype, [args.dtype])
+    default = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()] or (
+        ["float32", "bfloat16", "int8"] if cpu_prefers_bf16() else ["float32", "int8"])
+    bad = [f for f in formats if f not in ("float32", "bfloat16", "int8")]
+    if bad:
+        raise SystemExit(f"--formats: unknown {', '.join(bad)} (float32, bfloat16, int8)")
 
     text = corpus_slice(Path(args.data), args.corpus_chars)
     t0 = time.perf_counter()
@@ -142,21 +219,32 @@ def main() -> None:
         temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
     print(f"model: base preset, {base.num_params() / 1e6:.1f}M parameters; batch 1, {args.new_tokens} new tokens, "
           f"{'sampling ' + str(cfg) if args.sampling else 'greedy'}")
-    print(f"{'dtype':<9} {'engine':<13} {'tokens/s':>9} {'chars/s':>9} {'ms/token':>9} {'best tok/s':>10}")
-    ratios = {}
-    for name in names:
-        r = measure(DTYPES[name], base, tok, prompt, cfg, args.repeats)
-        for side in ("miniglm", "transformers"):
-            s = r[side]
-            print(f"{name:<9} {side:<13} {s['tokens_per_s']:>9.1f} {s['chars_per_s']:>9.1f} {s['ms_per_token']:>9.2f} "
-                  f"{s['best_tokens_per_s']:>10.1f}")
-        agree = "n/a with sampling" if args.sampling else f"{100 * r['agree']:.0f}% of greedy tokens identical"
-        print(f"{name:<9} {'ratio':<13} {r['ratio']:>9.2f}   ({agree})")
-        ratios[name] = r["ratio"]
-    key = str(default).removeprefix("torch.") if str(default).removeprefix("torch.") in ratios else names[0]
-    print(f"default dtype: {key} (what `miniglm sample` uses on this machine: --dtype auto -> "
-          f"{str(default).removeprefix('torch.')})")
-    print(f"ratio_vs_transformers: {ratios[key]:.2f}")
+    print(f"CPU: torch capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_prefers_bf16()}; "
+          f"float32 GEMM routine {kernels.active_float32_matmul()}; int8 kernel rule: {kernels.default_int8_kernel()}")
+    bandwidth = read_bandwidth()
+    print(f"measured read bandwidth: {bandwidth / 1e9:.1f} GB/s (best of 5 sums over 512 MB, {torch.get_num_threads()} threads)")
+    r = measure(formats, base, tok, prompt, cfg, args.repeats)
+    print(f"\n{'side':<21} {'tokens/s':>9} {'chars/s':>9} {'ms/token':>9} {'best tok/s':>10}")
+    for name, s in r["sides"].items():
+        print(f"{name:<21} {s['tokens_per_s']:>9.1f} {s['chars_per_s']:>9.1f} {s['ms_per_token']:>9.2f} "
+              f"{s['best_tokens_per_s']:>10.1f}")
+    print(f"\n{'format':<9} {'MB/token':>8} {'roofline tok/s':>14} {'of roofline':>11} {'read GB/s':>9} "
+          f"{'vs peer':>7}  peer; greedy tokens identical; kernels")
+    for f, x in r["formats"].items():
+        tps = r["sides"][f"miniglm {f}"]["tokens_per_s"]
+        per_token = x["weight_bytes"] + x["kv_bytes"]
+        roof = bandwidth / per_token
+        agree = "n/a (sampling)" if args.sampling else (
+            f"{100 * x['agree_peer']:.0f}% vs peer, {100 * x['agree_float32']:.0f}% vs our float32")
+        print(f"{f:<9} {per_token / 1e6:>8.1f} {roof:>14.1f} {100 * tps / roof:>10.0f}% {tps * per_token / 1e9:>9.1f} "
+              f"{x['ratio']:>6.2f}x  {x['peer']}; {agree}; {', '.join(x['kernels'])}")
+    if "int8" in r["formats"] and "float32" in r["formats"]:
+        print(f"int8 vs our float32: {r['sides']['miniglm int8']['tokens_per_s'] / r['sides']['miniglm float32']['tokens_per_s']:.2f}x")
+    if args.profile:
+        profile_decode(base, prompt, cfg, formats[0])
+    key = default if default in r["formats"] else formats[0]
+    print(f"default format: {key} (what `miniglm sample` uses on this machine: --dtype auto -> {default})")
+    print(f"ratio_vs_transformers: {r['formats'][key]['ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -243,6 +243,12 @@ LinearFn = Callable[[torch.Tensor], torch.Tensor]  # x (..., C_in) -> (..., C_ou
 PACK_MIN_FLOAT32 = 1 << 18
 
 
+def _tag(fn: LinearFn, kernel: str, nbytes: int) -> LinearFn:
+    """Record on a decode-time product which kernel runs it and the bytes of weights it reads per call."""
+    fn.kernel, fn.nbytes = kernel, nbytes
+    return fn
+
+
 def onednn_packs(device: torch.device, dtype: torch.dtype) -> bool:
     """True if oneDNN can run packed linear layers for this device and dtype (checked on a tiny case)."""
     if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
@@ -268,12 +274,15 @@ def _onednn_works(dtype: torch.dtype) -> bool:
 def _onednn_linear(weight: torch.Tensor) -> LinearFn:
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
     op = torch.ops.mkldnn._linear_pointwise.default  # the overload itself: skips a dispatch step per call
-    return lambda x: op(x, packed, None, "none", [], "")
+    dtype = str(weight.dtype).removeprefix("torch.")
+    return _tag(lambda x: op(x, packed, None, "none", [], ""), f"oneDNN packed {dtype}",
+                weight.numel() * weight.element_size())
 
 
 def _plain_linear(weight: torch.Tensor) -> LinearFn:
     weight = weight.detach().contiguous()
-    return lambda x: F.linear(x, weight)
+    dtype = str(weight.dtype).removeprefix("torch.")
+    return _tag(lambda x: F.linear(x, weight), f"torch linear {dtype}", weight.numel() * weight.element_size())
 
 
 def pack_linear(weight: torch.Tensor, packed: bool | None = None) -> LinearFn:
@@ -342,7 +351,7 @@ def _dynamic_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         return op(x.reshape(-1, x.size(-1)), packed, True).view(*x.shape[:-1], N)
-    return linear
+    return _tag(linear, "int8 dynamic (fbgemm)", q.numel() + 4 * N)
 
 
 def _weight_only_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
@@ -351,7 +360,7 @@ def _weight_only_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         return op(x.reshape(-1, x.size(-1)).contiguous(), q, scale).view(*x.shape[:-1], N)
-    return linear
+    return _tag(linear, "int8 weight-only", q.numel() + 4 * N)
 
 
 def int8_linear(weight: torch.Tensor, kernel: str) -> LinearFn:

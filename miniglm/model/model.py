@@ -330,6 +330,20 @@ class MiniGLM(nn.Module):
         self.eval().requires_grad_(False)
         return self.fuse()
 
+    def decode_plan(self) -> list[dict]:
+        """Each decode-time product (fusing first): name, shape (out, in), kernel, weight bytes read per token."""
+        self.fuse()
+        plan = []
+        for i, layer in enumerate(self.model.layers):
+            a, m = layer.self_attn, layer.mlp
+            for name, fn, w in (("qkv", a.fused[0], (a.q_proj, a.k_proj, a.v_proj)), ("o", a.fused[1], (a.o_proj,)),
+                                ("gate_up", m.fused[0], (m.gate_proj, m.up_proj)), ("down", m.fused[1], (m.down_proj,))):
+                shape = (sum(x.weight.size(0) for x in w), w[0].weight.size(1))
+                plan.append({"name": f"layers.{i}.{name}", "shape": shape, "kernel": fn.kernel, "bytes": fn.nbytes})
+        plan.append({"name": "lm_head", "shape": tuple(self.lm_head.weight.shape), "kernel": self.fused_head.kernel,
+                     "bytes": self.fused_head.nbytes})
+        return plan
+
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for decoding with this model (float32 on a CPU); fuses the weights first."""
         self.fuse()
