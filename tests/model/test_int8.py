@@ -3,7 +3,6 @@ and a quantized model through generation, scoring, the CLI and the eval report."
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
