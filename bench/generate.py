@@ -6,7 +6,9 @@ The `base` preset (6 layers, hidden 512, context 512) with random weights and a 
 (100% in float32; in bfloat16 the rounding differs, e.g. our attention runs in float32, so a long
 generation may drift apart). Batch 1, a prompt of --prompt-tokens (default 32) tokens of the four
 novels, --new-tokens (default 256) new tokens, greedy (or, with --sampling, SampleConfig's default
-sampling on both sides), no end token.
+sampling on both sides), no end token. With --checkpoint, a trained model instead (its own
+tokenizer and shape; new tokens capped by its context), where int8's greedy agreement with float32
+means something (with random weights the top two logits are often nearly tied).
 Ours: `engine.generate`; theirs: `LlamaForCausalLM.generate(use_cache=True)` (sdpa attention).
 Each side gets a warm-up run, then --repeats timed runs, interleaved; the medians are reported.
 Times include the prefill.
@@ -186,6 +188,8 @@ def main() -> None:
                     help="comma-separated formats among float32, bfloat16, int8 (default: float32,int8, plus "
                          "bfloat16 where the CPU has native bf16)")
     ap.add_argument("--profile", action="store_true", help="also print a per-operation profile of our decode")
+    ap.add_argument("--checkpoint", metavar="RUN_OR_CHECKPOINT",
+                    help="measure a trained model (its tokenizer, its shape) instead of the random base preset")
     ap.add_argument("--vocab-size", type=int, default=16000, help="vocabulary size (default 16000)")
     ap.add_argument("--new-tokens", type=int, default=256, help="tokens generated per run (default 256)")
     ap.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default 32)")
@@ -204,20 +208,31 @@ def main() -> None:
     if bad:
         raise SystemExit(f"--formats: unknown {', '.join(bad)} (float32, bfloat16, int8)")
 
-    text = corpus_slice(Path(args.data), args.corpus_chars)
-    t0 = time.perf_counter()
-    tok = train_tokenizer([text[i:i + 10_000] for i in range(0, len(text), 10_000)], args.vocab_size,
-                          show_progress=False)
-    prompt = tok.encode(text[:4 * args.prompt_tokens])[:args.prompt_tokens]
-    print(f"tokenizer: {tok.vocab_size} tokens trained on {len(text):,} chars in {time.perf_counter() - t0:.1f} s; "
-          f"prompt {len(prompt)} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    mcfg = load_config(TrainConfig, "base").model
-    mcfg.vocab_size = tok.vocab_size
-    torch.manual_seed(0)
-    base = MiniGLM(mcfg).eval()
+    if args.checkpoint:  # a trained model: its own tokenizer, greedy agreement that means something
+        from miniglm.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(args.checkpoint)
+        base, tok, what = loaded.model, loaded.tokenizer, f"checkpoint {loaded.path}"
+        text = corpus_slice(Path(args.data), 4 * args.prompt_tokens * 4)
+        prompt = tok.encode(text)[:args.prompt_tokens]
+        args.new_tokens = min(args.new_tokens, base.config.max_position_embeddings - len(prompt))
+        print(f"tokenizer: the checkpoint's ({tok.vocab_size} tokens); prompt {len(prompt)} tokens; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    else:
+        text = corpus_slice(Path(args.data), args.corpus_chars)
+        t0 = time.perf_counter()
+        tok = train_tokenizer([text[i:i + 10_000] for i in range(0, len(text), 10_000)], args.vocab_size,
+                              show_progress=False)
+        prompt = tok.encode(text[:4 * args.prompt_tokens])[:args.prompt_tokens]
+        print(f"tokenizer: {tok.vocab_size} tokens trained on {len(text):,} chars in {time.perf_counter() - t0:.1f} s; "
+              f"prompt {len(prompt)} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        mcfg = load_config(TrainConfig, "base").model
+        mcfg.vocab_size = tok.vocab_size
+        torch.manual_seed(0)
+        base, what = MiniGLM(mcfg).eval(), "base preset, random weights"
     cfg = SampleConfig(max_new_tokens=args.new_tokens) if args.sampling else SampleConfig(
         temperature=0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
-    print(f"model: base preset, {base.num_params() / 1e6:.1f}M parameters; batch 1, {args.new_tokens} new tokens, "
+    print(f"model: {what}, {base.num_params() / 1e6:.1f}M parameters; batch 1, {args.new_tokens} new tokens, "
           f"{'sampling ' + str(cfg) if args.sampling else 'greedy'}")
     print(f"CPU: torch capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_prefers_bf16()}; "
           f"float32 GEMM routine {kernels.active_float32_matmul()}; int8 kernel rule: {kernels.default_int8_kernel()}")

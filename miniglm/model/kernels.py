@@ -346,7 +346,9 @@ def _dynamic_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
         warnings.simplefilter("ignore", UserWarning)
         qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
     packed = torch.ops.quantized.linear_prepack(qweight, None)
-    op = torch.ops.quantized.linear_dynamic.default
+    # the C++ entry point of the overload: OpOverload.__call__ first scans the arguments for
+    # tracing-time fake objects (the packed weight is a script object), a few us per product
+    op = getattr(torch.ops.quantized.linear_dynamic.default, "_op", torch.ops.quantized.linear_dynamic.default)
     N = scale.numel()
 
     def linear(x: torch.Tensor) -> torch.Tensor:

@@ -378,7 +378,8 @@ class MiniGLM(nn.Module):
         if self.quantization is not None:  # int8: every product through the int8 weights
             if self.training:
                 raise RuntimeError("a quantized model is for inference only: it cannot be trained")
-            self.fuse()
+            if kv_cache is None or kv_cache.weights_key is not self._fused_key:
+                self.fuse()  # (a cache from new_cache since the weights last changed needs no check)
             fused = True
         else:  # the fused weights only for a cache made by new_cache since the weights last changed
             fused = (kv_cache is not None and kv_cache.weights_key is not None
