@@ -162,9 +162,21 @@ def measure(formats: list[str], base: MiniGLM, tok, prompt: list[int], cfg: Samp
             "ratio": result["sides"][f"miniglm {f}"]["tokens_per_s"] / result["sides"][f"transformers {peer_of[f]}"]["tokens_per_s"],
             "agree_peer": sum(x == y for x, y in zip(ours_tok, peer)) / len(peer),
             "agree_float32": sum(x == y for x, y in zip(ours_tok, reference)) / len(reference),
+            "first_difference": next((i for i, (x, y) in enumerate(zip(ours_tok, reference)) if x != y), None),
             "weight_bytes": sum(p["bytes"] for p in plan), "kv_bytes": kv_bytes_per_token(model, mean_len),
             "kernels": sorted({p["kernel"] for p in plan})}
     return result
+
+
+def top1_agreement(base: MiniGLM, fmt: str, ids: list[int], block: int) -> float:
+    """Teacher-forced: the share of positions of `ids` where `fmt`'s most likely next token is float32's."""
+    model, same, total = our_model(base, fmt), 0, 0
+    with torch.inference_mode():
+        for s in range(0, len(ids) - 1, block):
+            x = torch.tensor([ids[s:s + block]])
+            a, b = base(x)[0].argmax(-1), model(x)[0].argmax(-1)
+            same, total = same + int((a == b).sum()), total + a.numel()
+    return same / total
 
 
 def profile_decode(base: MiniGLM, prompt: list[int], cfg: SampleConfig, fmt: str, rows: int = 15) -> None:
@@ -253,6 +265,16 @@ def main() -> None:
             f"{100 * x['agree_peer']:.0f}% vs peer, {100 * x['agree_float32']:.0f}% vs our float32")
         print(f"{f:<9} {per_token / 1e6:>8.1f} {roof:>14.1f} {100 * tps / roof:>10.0f}% {tps * per_token / 1e9:>9.1f} "
               f"{x['ratio']:>6.2f}x  {x['peer']}; {agree}; {', '.join(x['kernels'])}")
+    for f, x in r["formats"].items():
+        if f != "float32" and "float32" in r["formats"] and not args.sampling:
+            first = x["first_difference"]
+            print(f"{f}: greedy generation identical to float32 " + (
+                "throughout" if first is None else f"for the first {first} tokens"))
+    if args.checkpoint and "int8" in r["formats"]:
+        ids = tok.encode(corpus_slice(Path(args.data), 40_000))[:8 * base.config.max_position_embeddings]
+        share = top1_agreement(base, "int8", ids, base.config.max_position_embeddings)
+        print(f"int8: most likely next token = float32's at {100 * share:.1f}% of {len(ids):,} positions of the novels "
+              f"(teacher-forced)")
     if "int8" in r["formats"] and "float32" in r["formats"]:
         print(f"int8 vs our float32: {r['sides']['miniglm int8']['tokens_per_s'] / r['sides']['miniglm float32']['tokens_per_s']:.2f}x")
     if args.profile:
