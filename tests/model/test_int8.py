@@ -186,3 +186,29 @@ def test_bad_quantize_combinations_are_one_line_errors(run, capsys, extra, messa
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) <= 3
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_quantized_model_decodes_in_the_continuous_batch(kernel):
+    """serve's batcher: weight-only int8 keeps rows independent (batched == alone); the dynamic kernel
+    shares one input scale across the rows of a step, so only a row decoded alone must match."""
+    from miniglm.generate.batch import ContinuousBatch
+
+    q = quantized(tiny_model(), kernel)
+    prompts = [[5, 9, 17, 33, 2, 8], [250, 3, 77]]
+
+    def drive(jobs):
+        batch, out = ContinuousBatch(q, eot_id=None), {}
+        events = batch.join(jobs)
+        while len(batch):
+            events += batch.step()
+        for e in events:
+            out.setdefault(e.key, []).extend([e.token] if e.token is not None else [])
+        return out
+
+    alone = [engine.generate(q, [p], GREEDY)[0].tokens for p in prompts]
+    assert drive([(0, prompts[0], GREEDY, 0)])[0] == alone[0]
+    together = drive([(k, p, GREEDY, 0) for k, p in enumerate(prompts)])
+    assert [len(together[k]) for k in (0, 1)] == [GREEDY.max_new_tokens] * 2
+    if kernel == "weight_only":
+        assert [together[0], together[1]] == alone
