@@ -244,4 +244,15 @@ def evaluate_qa(model: MiniGLM, tokenizer: Tokenizer, items: Sequence[QAItem], c
     summary["reference_contexts_truncated"] = cut
     probe = [it.question for it in items[:speed_probe]]
     summary["speed"]["single_stream"] = single_stream_speed(model, tokenizer, probe, cfg) if probe else None
-    return {"summary": summary, "seen_set": seen_set, "items": rows}
+    return {"summary": summary, "seen_set": seen_set, "items": rows, "decode": decode_record(model)}
+
+
+def decode_record(model: MiniGLM) -> dict[str, Any]:
+    """How the answers were decoded: each decode-time product's kernel (a fixed rule per CPU and
+    format, see `miniglm.model.kernels`), the weight bytes read per token, the CPU threads."""
+    plan = model.decode_plan()
+    kernels: dict[str, int] = {}
+    for p in plan:
+        kernels[p["kernel"]] = kernels.get(p["kernel"], 0) + 1
+    return {"kernels": kernels, "weight_bytes_per_token": sum(p["bytes"] for p in plan),
+            "threads": torch.get_num_threads()}

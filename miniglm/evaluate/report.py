@@ -8,7 +8,9 @@ best answers by Rouge-L with question, reference, answer and flags). The measuri
 report.json:
     {"report": "miniglm-eval", "format_version": 1, "created": ISO time, "settings": {...},
      "runs": [{"name", "run", "checkpoint", "step", "params", "device", "dtype", "quantization" (e.g. "int8/dynamic" | null),
-               "heldout": [LossResult...], "qa": {"summary": {...}, "items": [...]} | null,
+               "heldout": [LossResult...], "qa": {"summary": {...}, "items": [...],
+                                                  "decode": {"kernels": {kernel: count}, "weight_bytes_per_token",
+                                                             "threads"}} | null,
                "summary": {metric: value}, "judge": {...} (only after `miniglm judge`)}],
      "comparison": {metric: {"a", "b", "delta"}} | null,
      "judge": {"settings", "usage", "pairwise"} (only after `miniglm judge`; see evaluate/judge.py)}
@@ -238,6 +240,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **{r['name']}**: checkpoint `{r['checkpoint']}`, step {r['step']}, "
                      f"{r['params']:,} parameters, {r['device']} {r['dtype']}"
                      + (f", {r['quantization']} weights" if r.get("quantization") else ""))
+        decode = (r.get("qa") or {}).get("decode")
+        if decode:
+            kernels = ", ".join(f"{n} x {k}" for k, n in decode["kernels"].items())
+            lines.append(f"  - answers decoded with {kernels}; {decode['weight_bytes_per_token'] / 1e6:.1f} MB of "
+                         f"weights read per token; {decode['threads']} CPU threads")
     for r in report["runs"]:
         if r.get("qa") and r["qa"].get("seen_set"):
             seen = r["qa"]["seen_set"]

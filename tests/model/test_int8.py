@@ -157,15 +157,22 @@ def test_sample_and_eval_with_quantize_int8(run, tmp_path, capsys):
 
     text = tmp_path / "held.txt"
     text.write_text("天地玄黄，宇宙洪荒。寒来暑往，秋收冬藏。" * 4, encoding="utf-8")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": q, "answer": "秋收冬藏。"}, ensure_ascii=False) + "\n"
+                          for q in ("寒来暑往", "天地玄黄")), encoding="utf-8")
     losses = {}
     for quantize in ("none", "int8"):
         report_dir = tmp_path / f"eval_{quantize}"
-        assert main(["eval", str(run), "--text", str(text), "--out", str(report_dir), "--no-progress",
-                     "--device", "cpu", "--quantize", quantize]) == 0
+        assert main(["eval", str(run), "--text", str(text), "--qa", str(qa), "--max_new_tokens", "4",
+                     "--out", str(report_dir), "--no-progress", "--device", "cpu", "--quantize", quantize]) == 0
         [r] = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))["runs"]
         losses[quantize] = r["heldout"][0]["loss"]
         assert r["quantization"] == (None if quantize == "none" else f"int8/{kernels.default_int8_kernel()}")
-    assert "int8" in (tmp_path / "eval_int8" / "report.md").read_text(encoding="utf-8")
+        decode = r["qa"]["decode"]  # which kernels decoded the answers, recorded
+        assert sum(decode["kernels"].values()) == 2 * 4 + 1 and decode["threads"] == torch.get_num_threads()
+        assert all(k.startswith("int8") == (quantize == "int8") for k in decode["kernels"])
+    md = (tmp_path / "eval_int8" / "report.md").read_text(encoding="utf-8")
+    assert "int8/" in md and "answers decoded with 9 x int8" in md
     assert losses["int8"] != losses["none"] and abs(losses["int8"] / losses["none"] - 1) < 0.01
     capsys.readouterr()
 
