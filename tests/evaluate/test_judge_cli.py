@@ -224,5 +224,7 @@ def test_miniglm_serve_as_the_judge_gives_unparseable_verdicts(runs, tmp_path, c
     p = report["judge"]["pairwise"]["summary"]
     assert (p["scored"], p["unparseable"], p["failed"], p["win_rate"]) == (0, 3, 0, None)
     usage = report["judge"]["usage"]
-    assert usage["requests"] == 12 and usage["prompt_tokens"] > 12 * 1000 and usage["completion_tokens"] > 0
+    # 12 prompts; on a loaded machine some may be retried (counted in both requests and retries)
+    assert usage["requests"] - usage["retries"] == 12 and usage["failed"] == 0
+    assert usage["prompt_tokens"] > 12 * 1000 and usage["completion_tokens"] > 0
     assert "unparseable verdicts (not scored)" in (out / "report.md").read_text(encoding="utf-8")
