@@ -180,11 +180,18 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError("reduction='none' is for scoring: call it under torch.no_grad()")
     with torch.autocast(device_type, enabled=False):
         w, hc = weight.to(compute), h.to(compute)
-        out = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
-        for s in range(0, h.size(0), chunk):
-            logits = matmul_nt(hc[s:s + chunk], w).float()  # (n, V)
-            out[s:s + chunk] = logits.logsumexp(dim=1) - logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
+        out = token_losses(lambda x: matmul_nt(x, w), hc, targets, chunk)
     return out if loss_mask is None else out * loss_mask.float()
+
+
+def token_losses(project: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, targets: torch.Tensor,
+                 chunk: int) -> torch.Tensor:
+    """(N,) float32 cross-entropies of the logits project(h) (N, V), `chunk` rows at a time (no grad)."""
+    out = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
+    for s in range(0, h.size(0), chunk):
+        logits = project(h[s:s + chunk]).float()  # (n, V)
+        out[s:s + chunk] = logits.logsumexp(dim=1) - logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
+    return out
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

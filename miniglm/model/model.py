@@ -47,6 +47,7 @@ from miniglm.model.kernels import (
     int8_linear,
     linear_cross_entropy,
     pack_linear,
+    token_losses,
 )
 
 Layout = Callable[[torch.Tensor], LinearFn]  # a weight -> its decode-time product (packed or int8)
@@ -398,7 +399,8 @@ class MiniGLM(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T
         if targets is not None and fused:  # int8 scoring: the (B, T, V) logits a chunk of rows at a time
-            losses = self._fused_token_losses(x.reshape(B * T, -1), targets.reshape(-1))
+            chunk = max(16, (1 << 22) // self.config.vocab_size)  # about 16 MB of float32 logits at a time
+            losses = token_losses(self.fused_head, x.reshape(B * T, -1), targets.reshape(-1), chunk)
             if loss_mask is not None:
                 losses = losses * loss_mask.reshape(-1).float()
             if reduction == "none":
@@ -415,13 +417,3 @@ class MiniGLM(nn.Module):
         if fused:
             return self.fused_head(x).float(), None  # (B, 1 or T, V) float32 for sampling
         return self.lm_head(x), None  # (B, T, V)
-
-    def _fused_token_losses(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(N,) float32 cross-entropies of the decode-time head's logits, about 16 MB of logits at a time."""
-        chunk = max(16, (1 << 22) // self.config.vocab_size)
-        out = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
-        for s in range(0, h.size(0), chunk):
-            logits = self.fused_head(h[s:s + chunk]).float()  # (n, V)
-            t = targets[s:s + chunk, None]
-            out[s:s + chunk] = (logits.logsumexp(dim=1, keepdim=True) - logits.gather(1, t)).squeeze(1)
-        return out
