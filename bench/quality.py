@@ -2,6 +2,7 @@
 
     python bench/quality.py --minutes 10            # both sides, 10 minutes of training each
     python bench/quality.py --minutes 1 --only baseline --keep --out /tmp/q   # one side, keep the work dir
+    python bench/quality.py --minutes 10 --rung xs      # the budget recipe's smallest model (recipe.LADDER)
 
 The data: every `.txt` novel of --data (default ../shared/data/pretrain: the Four Classic Novels).
 Split, the same for both sides (`split_novel`): a chapter starts at a heading line `第…回` (a
@@ -14,7 +15,9 @@ MiniGLM (its own recipe, through the real commands, as subprocesses): `miniglm p
 training parts (a byte-level BPE of --vocab-size, default 8000, trained on them; prepare holds out
 5% of their chapters for the trainer's own validation), then `miniglm train --config PRESET
 --max_minutes N` (the trainer fits its step count and cosine schedule to the budget; its
-evaluations and checkpoints are inside the budget), `--set KEY=VALUE` passed on to train. Its
+evaluations and checkpoints are inside the budget), `--set KEY=VALUE` passed on to train; `--rung R`
+puts a rung of the budget recipe's ladder (its model, vocabulary, batch, learning rate) under
+those. `--prepared DIR` keeps the prepared data there for later runs with the same vocabulary. Its
 best checkpoint (`miniglm.checkpoint.load_checkpoint`) is scored by `miniglm.evaluate.heldout`.
 
 The peer (written the way a user would): `transformers.GPT2LMHeadModel`, context n_positions =
@@ -289,10 +292,16 @@ def run_miniglm(args, shape, work: Path, env: dict, device: torch.device) -> dic
     from miniglm.checkpoint import load_checkpoint
     from miniglm.evaluate.heldout import heldout_text, score_stream
 
-    data, run = work / "prepared", work / "run"
+    data, run = Path(args.prepared).resolve() if args.prepared else work / "prepared", work / "run"
     t0 = time.perf_counter()
-    miniglm(["prepare", str(work / "split" / "train"), "--out", str(data), f"--vocab-size={args.vocab_size}",
-             "--no-progress", *(f"--{kv}" for kv in args.prepare_set)], env)
+    if (data / "meta.json").is_file():  # --prepared of an earlier run: the same split, checked below
+        print(f"reusing the prepared data in {data}", flush=True)
+        vocab = json.loads((data / "meta.json").read_text(encoding="utf-8"))["vocab_size"]
+        if vocab != args.vocab_size:
+            raise SystemExit(f"--prepared {data}: vocabulary {vocab}, not --vocab-size {args.vocab_size}")
+    else:
+        miniglm(["prepare", str(work / "split" / "train"), "--out", str(data), f"--vocab-size={args.vocab_size}",
+                 "--no-progress", *(f"--{kv}" for kv in args.prepare_set)], env)
     prepare_s = time.perf_counter() - t0
     display = [] if sys.stdout.isatty() else ["--progress=false"]
     miniglm(["train", "--config", args.preset, "--data", str(data), "--out", str(run), "--overwrite",
@@ -331,7 +340,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="wall-clock training minutes for EACH side")
     p.add_argument("--preset", default="small", help="MiniGLM train preset or TOML file (default small)")
-    p.add_argument("--vocab-size", type=int, default=8000, help="MiniGLM's BPE vocabulary (default 8000)")
+    p.add_argument("--vocab-size", type=int, default=None, help="MiniGLM's BPE vocabulary (default 8000, or --rung's)")
+    p.add_argument("--rung", help="a rung of the budget recipe's ladder (miniglm/train/recipe.py: xs, s, m, l): its "
+                                  "model, vocabulary, batch and learning rate on top of --preset (--set still wins)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a TrainConfig override passed to `miniglm train` (repeatable; e.g. learning_rate=1e-3); "
                         "block_size, batch_size, grad_accum_steps and model shape also shape the baseline")
@@ -348,7 +359,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="work directory (default: a temporary one, removed at the end unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--prepared", metavar="DIR",
+                   help="MiniGLM's prepared data: made there on the first run, reused by later runs (a sweep); "
+                        "it must come from the same --data, --held-chapters and --vocab-size")
     args = p.parse_args(argv)
+    if args.rung:
+        from miniglm.train.recipe import LADDER
+
+        rungs = {r.name: r for r in LADDER}
+        if args.rung not in rungs:
+            p.error(f"--rung {args.rung}: not one of {', '.join(rungs)}")
+        rung = rungs[args.rung]
+        args.vocab_size = args.vocab_size or rung.vocab
+        args.set = [kv for kv in rung.overrides() if not kv.startswith("model.vocab_size=")] + args.set
+    args.vocab_size = args.vocab_size or 8000
     for kv in args.set + args.prepare_set:
         if "=" not in kv:
             p.error(f"--set/--prepare-set take KEY=VALUE, got {kv!r}")

@@ -12,7 +12,10 @@ The budget, not step counts: the speed of a training step differs 3x between CPU
 not) and 50x with a GPU, so the demo times a few steps of the model first, prints the plan and an
 ETA, and gives each training stage `--max_minutes` (the trainer refits its steps and cosine
 schedule to the speed it measures; see `miniglm.train.budget`). What is left after pretraining is
-re-planned for SFT, so an overrun in one stage is taken out of the next.
+re-planned for SFT, so an overrun in one stage is taken out of the next. Which model to pretrain
+is part of the plan: with `--preset auto` (the default) the budget recipe (miniglm/train/recipe.py)
+measures the speed of a ladder of model sizes here and takes the largest that its share of the
+budget trains on enough tokens per parameter, with that rung's vocabulary, batch and learning rate.
 
 What it shows: a model pretrained on more text than it can memorise, then fine-tuned on the
 bundled Q&A set minus a held-out tenth; the final printout scores (character Rouge-L) questions
@@ -26,7 +29,6 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -51,13 +53,17 @@ PRETRAIN_SHARE = 0.6  # of the training time; SFT gets the rest (re-planned afte
 TAIL_FIXED_S, STEPS_PER_QUESTION, MIN_QUESTION_S = 20.0, 1.0, 0.3
 TAIL_SHARE = 0.25  # the scored questions are cut to keep the tail within this share of the budget
 MIN_STEPS = 10
+DEFAULT_VOCAB = 4000  # with a named --preset
 TOKENIZER_SAMPLE_MB = 1.0  # the tokenizer learns from ~1 MB of the corpus: minutes saved on 9 MB
 
 
 def build_parser() -> Parser:
     p = Parser(prog="miniglm demo", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--minutes", type=float, default=5.0, help="time budget for the whole demo [5]")
-    p.add_argument("--preset", default="small", help="model preset for pretraining: small or tiny (tests) [small]")
+    p.add_argument("--preset", default="auto",
+                   help="pretraining model: auto (the budget recipe picks shape, vocabulary, batch and learning "
+                        "rate from the speed it measures; miniglm/train/recipe.py) or a preset: small, tiny "
+                        "(tests) [auto]")
     p.add_argument("--out", default="out/demo", help="working directory for data, runs and reports [out/demo]")
     p.add_argument("--corpus", nargs="+", default=None,
                    help="pretraining text: files or directories [the Four Classic Novels via `miniglm fetch "
@@ -65,7 +71,8 @@ def build_parser() -> Parser:
     p.add_argument("--offline", action="store_true", help="do not try to fetch; use the bundled corpus")
     p.add_argument("--sft-data", default=str(ASSETS / "qa.jsonl"),
                    help="Q&A JSONL for SFT; every 10th pair is held out [the bundled qa.jsonl]")
-    p.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary size [4000]")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help=f"BPE vocabulary size [the recipe's with --preset auto, else {DEFAULT_VOCAB}]")
     p.add_argument("--pretrain-steps", type=int, help="fixed pretraining steps instead of a share of the budget")
     p.add_argument("--sft-steps", type=int, help="fixed SFT steps instead of a share of the budget")
     p.add_argument("--block-size", type=int, default=128, help="SFT row length in tokens [128]")
@@ -107,37 +114,16 @@ def corpus_paths(args, raw: Path) -> list[str]:
     return [str(f.path) for f in files]
 
 
-def measure_step_seconds(preset: str, vocab_size: int, device_name: str, steps: int = 3) -> tuple[float, str]:
-    """Seconds per optimizer step of the preset's model on random tokens, and a note on the machine."""
+def measure_step_seconds(cfg) -> tuple[float, str]:
+    """Seconds per optimizer step of `cfg`'s model on random tokens, and a note on the machine."""
     import torch
 
-    from miniglm.config import TrainConfig, load_config
     from miniglm.device import resolve_device, resolve_dtype
-    from miniglm.model.model import MiniGLM
-    from miniglm.train.step import Stepper, build_optimizer
+    from miniglm.train.recipe import measure_step_seconds as measure
 
-    cfg = load_config(TrainConfig, preset)
-    device = resolve_device(device_name)
-    dtype = resolve_dtype(cfg.dtype, device)
-    model = MiniGLM(replace(cfg.model, vocab_size=vocab_size)).to(device)
-    stepper = Stepper(model, build_optimizer(model, cfg, device), device, dtype, cfg.grad_accum_steps, cfg.grad_clip)
-    gen = torch.Generator().manual_seed(0)
-
-    def batches():
-        while True:
-            x = torch.randint(0, vocab_size, (cfg.batch_size, cfg.block_size + 1), generator=gen).to(device)
-            yield x[:, :-1], x[:, 1:], None
-
-    it, times = batches(), []
-    for _ in range(steps + 1):  # the first step warms up allocator and kernels
-        t0 = time.perf_counter()
-        stepper.step(it, cfg.learning_rate)
-        stepper.apply()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    device = resolve_device(cfg.device)
     where = f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
-    return statistics.median(times[1:]), f"{where}, {str(dtype).removeprefix('torch.')}"
+    return measure(cfg, steps=3), f"{where}, {str(resolve_dtype(cfg.dtype, device)).removeprefix('torch.')}"
 
 
 def split_qa(path: Path, out: Path) -> tuple[Path, list[dict], list[dict]]:
@@ -228,15 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     dev = [f"--device={args.device}"]
 
     corpus = corpus_paths(args, out / "raw")
+    rung, vocab_size = None, args.vocab_size or DEFAULT_VOCAB
+    if args.preset == "auto":
+        rung = choose_rung(clock.budget, args.device, args.pretrain_steps)
+        vocab_size = args.vocab_size or rung.vocab
     _stage("1/7 prepare: tokenizer + train.bin/val.bin",
-           ["prepare", *corpus, "--out", str(data), "--vocab-size", str(args.vocab_size),
+           ["prepare", *corpus, "--out", str(data), "--vocab-size", str(vocab_size),
             f"--tokenizer-sample-mb={TOKENIZER_SAMPLE_MB}", "--no-progress"])
     vocab = json.loads((data / "meta.json").read_text(encoding="utf-8"))["vocab_size"]
-    step_s, machine = measure_step_seconds(args.preset, vocab, args.device)
+    # the pretraining config: a preset, or the recipe's rung (as flags, so the printed command shows it)
+    preset, shape_flags = (args.preset, []) if rung is None else (recipe_preset(), [f"--{o}" for o in rung.overrides(vocab)])
+    ctx = _preset_context(preset, [f.removeprefix("--") for f in shape_flags] + [f"model.vocab_size={vocab}",
+                                                                                 f"device={args.device}"])
+    step_s, machine = measure_step_seconds(ctx)
     n_scored, tail = plan_tail(clock.budget, step_s, min(args.num_answers, len(NEW_QUESTIONS)), args.eval_limit)
     train_s = clock.left(tail)
     pre_flags, pre_steps = _train_args(args.pretrain_steps, PRETRAIN_SHARE * train_s, step_s)
-    ctx = _preset_context(args.preset)
     sft_block = min(args.block_size, ctx.model.max_position_embeddings)
     # SFT steps cost what their tokens cost: the sft preset's batch of rows against the preset's windows
     sft_step_s = step_s * _sft_batch_size() * sft_block / (ctx.batch_size * ctx.block_size)
@@ -248,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
           f"ETA {eta:%H:%M:%S}" + ("" if train_s > 2 * MIN_STEPS * step_s else
                                    " (the budget is too small for this machine: expect an overrun)"), flush=True)
 
-    _stage(f"2/7 pretrain ({args.preset} preset)",
-           ["train", "--config", args.preset, "--data", str(data), "--out", str(pre_run), "--overwrite",
+    _stage(f"2/7 pretrain ({args.preset} preset)" if rung is None else f"2/7 pretrain (recipe: {rung.describe(vocab)})",
+           ["train", "--config", preset, *shape_flags, "--data", str(data), "--out", str(pre_run), "--overwrite",
             *pre_flags, *dev])
     sft_file, seen, unseen = split_qa(Path(args.sft_data), out)
     _stage("3/7 prepare-sft: Q&A (without the held-out tenth) -> token rows + loss_mask",
@@ -267,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts = out / "demo_questions.txt"
     prompts.write_text("\n".join(NEW_QUESTIONS[: args.num_answers]) + "\n", encoding="utf-8")
     answers = out / "answers.jsonl"
-    _stage("5/7 answer new questions (greedy)",
-           ["sample", str(final), "--chat", "--prompt-file", str(prompts), "--temperature=0",
-            "--repetition_penalty=1.2", "--max_new_tokens=100", "--output", str(answers), *dev])
+    _stage("5/7 answer new questions (sampled, as `miniglm chat` answers)",
+           ["sample", str(final), "--chat", "--prompt-file", str(prompts), "--max_new_tokens=100",
+            "--output", str(answers), *dev])
     scored = out / "qa_scored.jsonl"
     picked_seen, picked_unseen = _spread(seen, n_scored), _spread(unseen, n_scored)
     scored.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in picked_seen + picked_unseen),
@@ -289,14 +282,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _preset_context(preset: str):
+def _preset_context(preset: str, overrides: list[str] | None = None):
     from miniglm.config import TrainConfig, load_config
 
-    return load_config(TrainConfig, preset)
+    return load_config(TrainConfig, preset, overrides)
+
+
+def recipe_preset() -> str:
+    from miniglm.train.recipe import BASE_PRESET
+
+    return BASE_PRESET
+
+
+def choose_rung(budget_s: float, device: str, fixed_steps: int | None):
+    """The recipe's model for the pretraining share of the budget (the answers' share at its largest)."""
+    from miniglm.train import recipe
+
+    seconds = PRETRAIN_SHARE * (1 - TAIL_SHARE) * budget_s
+    if fixed_steps is not None:  # steps, not minutes: the recipe has no budget to size for
+        rung = recipe.LADDER[0]
+        print(f"\nrecipe: --pretrain-steps given, so no budget to size the model for: {rung.describe()}")
+        return rung
+    print("\n=== recipe: the training speed of the model ladder on this machine", flush=True)
+    rung, trials = recipe.choose(seconds, lambda r: recipe.measure_tokens_per_second(r, device))
+    print(recipe.report(seconds, rung, trials), flush=True)
+    return rung
 
 
 def _sft_batch_size() -> int:
-    return _preset_context("sft").batch_size
+    # the sft preset takes its learning rate from the --init-from run, so it loads only with one
+    return _preset_context("sft", ["init_from=the-pretrained-run"]).batch_size
 
 
 def _dur(seconds: float) -> str:

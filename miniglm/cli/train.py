@@ -15,6 +15,10 @@ the tokens per step are batch_size x block_size x grad_accum_steps x processes):
   The data and run directory must be visible at the same path on every node (only rank 0
   writes logs and checkpoints); --resume works the same way.
 
+For a time budget, `--config auto --max_minutes N` lets the budget recipe (miniglm/train/recipe.py)
+choose the model's shape, batch and learning rate from the training speed it measures here:
+  miniglm train --config auto --max_minutes 10 --data data/prepared --out runs/auto
+
 Every field of the training config is also a flag (`--max_steps 200`, `--model.hidden_size 256`,
 `--key=value`). With `--resume` the run's own config.json is the starting point (flags still
 override it, e.g. a larger `--max_steps`).
@@ -43,8 +47,9 @@ def build_parser() -> Parser:
     p = Parser(prog="miniglm train", description=__doc__.split("\n\nEvery field")[0],
                epilog="Exit codes: 0 done, 2 bad input, 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint.")
     p.add_argument("--config", metavar="FILE|PRESET",
-                   help="TOML config file or bundled preset (tiny, small, base, sft); "
-                        "default: the run's config.json with --resume, else the built-in defaults")
+                   help="TOML config file or bundled preset (tiny, small, base, sft), or auto (the budget "
+                        "recipe; needs --max_minutes); default: the run's config.json with --resume, else the "
+                        "built-in defaults")
     p.add_argument("--data", metavar="DIR", help="prepared data directory (overrides the config's `data`)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (overrides the config's `out`)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -68,7 +73,31 @@ def resolve_config(args) -> TrainConfig:
             raise UserError("--resume needs --out RUN_DIR (the run to continue)")
         return load_config(TrainConfig, overrides=merge(read_saved_config(Path(args.out)),
                                                               parse_overrides(TrainConfig, overrides)))
+    if args.config == "auto":
+        return recipe_config(args, overrides)
     return load_config(TrainConfig, args.config, overrides)
+
+
+def recipe_config(args, overrides: list[str]) -> TrainConfig:
+    """`--config auto`: the recipe's rung for --max_minutes on this machine, the data's vocabulary, then the flags."""
+    from miniglm.data import store
+    from miniglm.train import recipe
+
+    flags = load_config(TrainConfig, recipe.BASE_PRESET, overrides)  # checks the flags first
+    if args.resume:
+        raise UserError("--config auto --resume: a resumed run keeps its own model; leave out --config")
+    if flags.max_minutes <= 0:
+        raise UserError("--config auto chooses the model for a time budget: give --max_minutes N")
+    if not flags.data:
+        raise UserError("--config auto needs --data DIR (the prepared data fixes the vocabulary)")
+    if flags.mode != "pretrain" or flags.init_from:
+        raise UserError("--config auto is for pretraining a new model (an SFT run takes its model from --init-from)")
+    vocab = store.read_meta(flags.data, "pretrain")["vocab_size"]
+    seconds = flags.max_minutes * 60
+    rung, trials = recipe.choose(
+        seconds, lambda r: recipe.measure_tokens_per_second(r, flags.device, vocab), vocab)
+    print(recipe.report(seconds, rung, trials, vocab), flush=True)
+    return load_config(TrainConfig, recipe.BASE_PRESET, rung.overrides(vocab) + overrides)
 
 
 def read_saved_config(run_dir: Path) -> dict:

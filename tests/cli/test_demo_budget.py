@@ -34,3 +34,23 @@ def test_the_tail_is_cut_to_fit_a_slow_machine():
     slow = plan_tail(300, step_s=5.0, n_new=5, limit=20)
     assert fast[0] == 20 and slow[0] < 20  # fewer scored questions where each costs more
     assert slow[1] <= 0.3 * 300 + 5 * 5.0 and slow[0] >= 3
+
+
+def test_the_default_demo_lets_the_recipe_choose_the_model(tmp_path, capsys, monkeypatch):
+    from miniglm.train import recipe
+    from miniglm.train.recipe import Rung
+
+    ladder = (Rung("t1", 1, 16, 2, 32, 300, 3e-3), Rung("t2", 2, 32, 4, 64, 400, 2e-3))
+    monkeypatch.setattr(recipe, "LADDER", ladder)  # tiny rungs: the real ladder's are minutes-sized
+    out = tmp_path / "demo"
+    code = main(["demo", "--minutes", "0.5", "--offline", "--out", str(out), "--num-answers", "1",
+                 "--eval-limit", "2", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "=== recipe" in printed and re.search(r"-> t[12]: ", printed)
+    saved = json.loads((out / "runs" / "pretrain" / "config.json").read_text())
+    chosen = next(r for r in ladder if r.hidden == saved["model"]["hidden_size"])
+    assert f"2/7 pretrain (recipe: {chosen.name}:" in printed
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert meta["vocab_size"] == saved["model"]["vocab_size"] <= chosen.vocab  # prepared with the rung's vocabulary
+    assert (saved["batch_size"], saved["learning_rate"]) == (recipe.BATCH_SIZE, chosen.learning_rate)

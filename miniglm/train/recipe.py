@@ -1,0 +1,160 @@
+"""The recipe for a time budget: which model, vocabulary, batch and learning rate N minutes buy here.
+
+    rung, trials = choose(seconds=600, tokens_per_second=lambda r: measure_tokens_per_second(r, "auto"))
+    cfg = load_config(TrainConfig, BASE_PRESET, rung.overrides())     # then --max_minutes fits the steps
+
+A budget of wall-clock minutes buys a number of training tokens, and how many depends on the
+model: on a 2-core CPU the 0.66M-parameter rung trains ~4x more tokens per second than the 5.3M
+one. Too big a model sees too few tokens. The rule is the compute-optimal ratio of Hoffmann et al.
+(2022, "Chinchilla"): about `TOKENS_PER_PARAM` = 20 training tokens per parameter. Train the
+largest rung of the ladder (`LADDER`, smallest first) whose measured speed buys at least that many
+tokens in the budget; when none does, the smallest. Speeds are measured on this machine (a few
+optimizer steps per rung, smallest first, stopping at the first rung that falls short, since bigger
+ones are slower and need more tokens), never assumed, so the same budget picks a bigger model on a
+faster machine: on a 2-core CPU the smallest rung is the answer up to about 20 minutes (and the
+next one needs hours), on a GPU the larger rungs come within minutes.
+
+`bench/sweep.py` checks the rule on this corpus (held-out bits/char of the Four Classic Novels
+against minutes, for each rung; table in bench/README.md): on the 2-core AVX2 EPYC the smallest
+rung beat the 8x larger one at every budget measured, by 0.1 bits/char at 2 minutes and 0.4 at 6;
+at 6 minutes it beat the larger rung's 10-minute result too. The ladder ties the vocabulary to the
+width, so the embedding matrix stays under half of the parameters (on tiny budgets a 16k
+vocabulary would spend most parameters and most of the head's FLOPs on embeddings), and the
+learning rate falls with the width. Every rung trains on batches of 8 windows of 128 tokens: at
+these budgets more, smaller steps win (bench/README.md: batch 8 beat 16 by 0.38 bits/char at 3
+minutes).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022
+BASE_PRESET = "small"  # every other field (warmup, evaluation, checkpoints) comes from this preset
+BATCH_SIZE, BLOCK_SIZE = 8, 128
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+    learning_rate: float
+
+    def params(self, vocab: int | None = None) -> int:
+        """Parameters of this shape (tied embedding counted once), as `MiniGLM.num_params`."""
+        v, h = vocab or self.vocab, self.hidden
+        block = 4 * h * h + 3 * h * self.intermediate + 2 * h  # q, k, v, o; gate, up, down; two norms
+        return v * h + self.layers * block + h
+
+    def overrides(self, vocab: int | None = None) -> list[str]:
+        """`key=value` TrainConfig overrides (as `load_config` and `miniglm train --key=value` take them)."""
+        fields = {"model.num_hidden_layers": self.layers, "model.hidden_size": self.hidden,
+                "model.num_attention_heads": self.heads, "model.num_key_value_heads": self.heads,
+                "model.intermediate_size": self.intermediate, "model.max_position_embeddings": BLOCK_SIZE,
+                "model.vocab_size": vocab or self.vocab, "block_size": BLOCK_SIZE, "batch_size": BATCH_SIZE,
+                "grad_accum_steps": 1, "learning_rate": self.learning_rate, "min_lr": self.learning_rate / 10}
+        return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()]
+
+    def describe(self, vocab: int | None = None) -> str:
+        return (f"{self.name}: {self.layers} layers, hidden {self.hidden}, vocab {vocab or self.vocab}, "
+                f"{self.params(vocab) / 1e6:.2f}M parameters, lr {self.learning_rate:g}")
+
+
+LADDER = (
+    Rung("xs", 2, 128, 4, 352, 2000, 3e-3),
+    Rung("s", 4, 256, 4, 704, 8000, 2e-3),
+    Rung("m", 6, 384, 6, 1024, 8000, 1.5e-3),
+    Rung("l", 6, 512, 8, 1408, 16000, 1e-3),
+)
+
+
+@dataclass(frozen=True)
+class Trial:
+    rung: Rung
+    tokens_per_second: float
+    tokens: float  # in the budget
+    params: int
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.params
+
+    @property
+    def fits(self) -> bool:
+        return self.tokens_per_param >= TOKENS_PER_PARAM
+
+
+def choose(seconds: float, tokens_per_second: Callable[[Rung], float], vocab: int | None = None,
+           ladder: tuple[Rung, ...] | None = None) -> tuple[Rung, list[Trial]]:
+    """The rung for `seconds` of training, and the trials behind the choice (smallest rung first).
+
+    `vocab`: the vocabulary when it is already fixed (prepared data), else each rung's own. The
+    smallest rung is the answer when none fits: a model is trained whatever the budget."""
+    trials: list[Trial] = []
+    for rung in ladder or LADDER:
+        speed = tokens_per_second(rung)
+        trial = Trial(rung, speed, speed * seconds, rung.params(vocab))
+        trials.append(trial)
+        if not trial.fits:
+            break
+    fitting = [t for t in trials if t.fits]
+    return (fitting[-1] if fitting else trials[0]).rung, trials
+
+
+def measure_step_seconds(cfg, steps: int = 2) -> float:
+    """Seconds per optimizer step of `cfg`'s model and batch on this machine (cfg.device, cfg.dtype):
+    real steps on random tokens, the median after one warm-up step."""
+    import torch
+
+    from miniglm.device import resolve_device, resolve_dtype
+    from miniglm.model.model import MiniGLM
+    from miniglm.train.step import Stepper, build_optimizer
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    model = MiniGLM(cfg.model).to(device)
+    stepper = Stepper(model, build_optimizer(model, cfg, device), device, dtype, cfg.grad_accum_steps, cfg.grad_clip)
+    gen = torch.Generator().manual_seed(0)
+    vocab = cfg.model.vocab_size
+
+    def batches():
+        while True:
+            x = torch.randint(0, vocab, (cfg.batch_size, cfg.block_size + 1), generator=gen).to(device)
+            yield x[:, :-1], x[:, 1:], None
+
+    it, times = batches(), []
+    for _ in range(steps + 1):  # the first step warms up the allocator and kernels
+        t0 = time.perf_counter()
+        stepper.step(it, cfg.learning_rate)
+        stepper.apply()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def measure_tokens_per_second(rung: Rung, device_name: str = "auto", vocab: int | None = None) -> float:
+    """Training tokens per second of this rung on this machine."""
+    from miniglm.config import TrainConfig, load_config
+
+    cfg = load_config(TrainConfig, BASE_PRESET, [*rung.overrides(vocab), f"device={device_name}"])
+    return cfg.batch_size * cfg.block_size * cfg.grad_accum_steps / measure_step_seconds(cfg)
+
+
+def report(seconds: float, chosen: Rung, trials: list[Trial], vocab: int | None = None) -> str:
+    """Lines that show the choice: each measured rung, its speed and tokens per parameter."""
+    lines = [f"recipe for {seconds / 60:g} min: the largest model that trains on at least "
+             f"{TOKENS_PER_PARAM:g} tokens per parameter (see miniglm/train/recipe.py)"]
+    for t in trials:
+        mark = "->" if t.rung is chosen else "  "
+        lines.append(f"  {mark} {t.rung.describe(vocab)}: {t.tokens_per_second:,.0f} tokens/s measured, "
+                     f"{t.tokens / 1e6:.2f}M tokens = {t.tokens_per_param:.2f} per parameter"
+                     f"{'' if t.fits else ' (too few)'}")
+    return "\n".join(lines)
