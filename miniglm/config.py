@@ -144,7 +144,8 @@ class TrainConfig:
     batch_size: int = opt(16, "sequences per micro-batch (per process)")
     grad_accum_steps: int = opt(1, "micro-batches per optimizer step")
     block_size: int = opt(512, "tokens per sequence (<= model.max_position_embeddings); SFT takes it from its rows")
-    learning_rate: float = opt(6e-4, "peak learning rate")
+    learning_rate: float = opt(6e-4, "peak learning rate; 0 = the --init-from run's peak and final rates "
+                                      "(its config.json; 5e-4 and 5e-5 when it has none)")
     min_lr: float = opt(6e-5, "learning rate at the end of the cosine decay")
     warmup_steps: int = opt(100, "linear warmup steps")
     weight_decay: float = opt(0.1, "AdamW weight decay (matrices only)")
@@ -175,8 +176,10 @@ class TrainConfig:
         for k in ("warmup_steps", "eval_interval", "eval_steps", "weight_decay", "grad_clip"):
             _require(getattr(self, k) >= 0, k, f"must be >= 0, got {getattr(self, k)}")
         _require(self.max_minutes >= 0, "max_minutes", f"must be >= 0, got {self.max_minutes}")
-        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        _require(0 <= self.min_lr <= self.learning_rate, "min_lr", "must be in [0, learning_rate]")
+        _require(self.learning_rate > 0 or (self.learning_rate == 0 and self.init_from), "learning_rate",
+                 f"must be > 0 (or 0 with init_from: that run's rate), got {self.learning_rate}")
+        _require(0 <= self.min_lr <= self.learning_rate or self.learning_rate == 0, "min_lr",
+                 "must be in [0, learning_rate]")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
         _require(self.block_size <= self.model.max_position_embeddings, "block_size",
                  f"{self.block_size} exceeds model.max_position_embeddings={self.model.max_position_embeddings}")

@@ -27,8 +27,15 @@ from miniglm.config import (
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
 def test_every_preset_loads(preset):
-    cfg = load_config(TrainConfig, preset)
+    # sft fine-tunes at the learning rate of the run it starts from (learning_rate = 0), so it needs one
+    cfg = load_config(TrainConfig, preset, ["init_from=runs/pre"] if preset == "sft" else [])
     assert cfg.block_size <= cfg.model.max_position_embeddings
+
+
+def test_the_sft_preset_without_a_run_to_start_from_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"learning_rate: must be > 0 \(or 0 with init_from"):
+        load_config(TrainConfig, "sft")
+    assert load_config(TrainConfig, "sft", ["learning_rate=1e-4"]).learning_rate == 1e-4
 
 
 def test_tiny_preset_values_and_nested_model_table():

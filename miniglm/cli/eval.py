@@ -4,10 +4,13 @@
     miniglm eval runs/sft --qa ../shared/data/eval/cmrc2018_trial_qa.jsonl --limit 100
     miniglm eval runs/sft runs/sft2 --qa qa.jsonl --text extra.txt   # two checkpoints side by side
 
-Writes report.json and report.md into --out (default RUN_DIR/eval/). Generation defaults to greedy
-decoding (temperature 0) so a report is reproducible; every sampling field can be overridden
-(`--temperature 0.8`). With no --data/--text/--qa, the run's own training data (config.json
-`data`) is evaluated.
+Writes report.json and report.md into --out (default RUN_DIR/eval/). Answers are decoded the way
+`miniglm chat` answers (temperature 0.8, top-k 50, top-p 0.95, repetition penalty 1.1), so the
+report scores what a user gets; each question draws from its own generator seeded with --seed, so
+the same checkpoint, seed and question give the same answer, batched or not, and a report is
+reproducible. `--temperature 0` decodes greedily: a small model then tends to answer many
+different questions with one sentence (bench/README.md, "Answers after SFT"). With no
+--data/--text/--qa, the run's own training data (config.json `data`) is evaluated.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from miniglm.config import SampleConfig, add_config_arguments, load_config, over
 from miniglm.errors import UserError
 from miniglm.extras import require
 from miniglm.io import check_output_dir
-
-EVAL_SAMPLE_DEFAULTS = {"temperature": 0.0}  # greedy: the same answers every time
 
 
 def build_parser() -> Parser:
@@ -45,10 +46,6 @@ def build_parser() -> Parser:
                    help="which checkpoint of a run directory (default: best)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(p, SampleConfig)
-    for action in p._actions:  # state the eval defaults where they differ from `sample`'s
-        key = action.dest.removeprefix("cfg::")
-        if key in EVAL_SAMPLE_DEFAULTS:
-            action.help = action.help.rsplit("default:", 1)[0] + f"default in eval: {EVAL_SAMPLE_DEFAULTS[key]}]"
     return p
 
 
@@ -68,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--speed-probe must be >= 0, got {args.speed_probe}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be > 0, got {args.batch_size}")
-    cfg = load_config(SampleConfig, overrides=[f"{k}={v}" for k, v in EVAL_SAMPLE_DEFAULTS.items()]
-                      + overrides_from_args(args))
+    cfg = load_config(SampleConfig, overrides=overrides_from_args(args))
     out = Path(args.out) if args.out else rep.default_out(args.runs[0])
     check_output_dir(out)  # now, not after the whole evaluation
     items = load_qa(args.qa, args.limit) if args.qa else None

@@ -10,7 +10,8 @@ The judge is any OpenAI-compatible chat endpoint (GLM, OpenAI, llama.cpp/vLLM, `
 Each answer is graded 1-10 on 事实正确性, 满足用户需求, 逻辑连贯性, 完备性 and overall, against
 the reference (AlignBench-style prompt, temperature 0); with two runs each pair of answers is also
 judged in both orders. Replies are cached (--cache), so a rerun asks nothing again. With runs,
-answers are generated greedily as in `miniglm eval` and the report goes to RUN_DIR/judge/; with
+answers are generated as `miniglm eval` and `miniglm chat` generate them (seeded sampling, so a
+rerun gives the same answers; --temperature 0 for greedy) and the report goes to RUN_DIR/judge/; with
 --report, the judge's results are added to that report in place (or written to --out).
 """
 
@@ -27,7 +28,6 @@ from miniglm.config import SampleConfig, add_config_arguments, load_config, over
 from miniglm.errors import UserError
 
 DEFAULT_KEY_ENV = "MINIGLM_JUDGE_KEY"
-SAMPLE_DEFAULTS = {"temperature": 0.0}  # greedy, as in `miniglm eval`: the same answers every time
 _NAMED = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
 
 
@@ -72,10 +72,6 @@ def build_parser() -> Parser:
                    help="which checkpoint of a run directory (default: best)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(p, SampleConfig)
-    for action in p._actions:  # state the judge's sampling defaults where they differ from `sample`'s
-        key = action.dest.removeprefix("cfg::")
-        if key in SAMPLE_DEFAULTS:
-            action.help = action.help.rsplit("default:", 1)[0] + f"default in judge: {SAMPLE_DEFAULTS[key]}]"
     return p
 
 
@@ -148,8 +144,7 @@ def answered_report(args) -> tuple[dict, list[list[dict]], Path]:
         report = rep.load_report(args.report)
         path = Path(args.report)
         return report, judge.report_rows(report), Path(args.out) if args.out else (path if path.is_dir() else path.parent)
-    cfg = load_config(SampleConfig, overrides=[f"{k}={v}" for k, v in SAMPLE_DEFAULTS.items()]
-                      + overrides_from_args(args))
+    cfg = load_config(SampleConfig, overrides=overrides_from_args(args))
     items = load_qa(args.qa, args.limit)
     entries, rows = [], []
     for arg in args.runs:

@@ -25,6 +25,7 @@ Distributed: run under `torchrun`; RANK/WORLD_SIZE/LOCAL_RANK come from the envi
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -160,6 +161,38 @@ def model_for_run(cfg: TrainConfig, meta: dict[str, Any], source: Path | None,
     return model, cfg
 
 
+FALLBACK_SFT_RATES = (5e-4, 5e-5)  # learning_rate = 0 from a checkpoint without a training config
+
+
+def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[..., None]) -> TrainConfig:
+    """learning_rate = 0 (the sft preset's): the peak and final rates of the --init-from run.
+
+    Fine-tuning a small model pretrained for minutes at the rate it was pretrained with fitted the
+    held-out answers better than a quarter of it (bench/README.md, "Answers after SFT"), and a
+    rate that follows the run scales with the model (each preset's rate falls with its width). A
+    checkpoint without a training run around it (an imported Hugging Face directory) gets
+    FALLBACK_SFT_RATES. The resolved rates are what config.json records, so --resume keeps them."""
+    if cfg.learning_rate > 0:
+        return cfg
+    saved = source.parent.parent / "config.json" if source is not None and source.parent.name == "checkpoints" else None
+    rates = None
+    if saved is not None and saved.is_file():
+        try:
+            run = json.loads(saved.read_text(encoding="utf-8"))
+            rates = float(run["learning_rate"]), float(run["min_lr"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{saved}: no learning_rate/min_lr to take for learning_rate = 0 ({e}); "
+                            "set --learning_rate") from None
+        if not 0 <= rates[1] <= rates[0] or rates[0] <= 0:
+            raise DataError(f"{saved}: learning_rate {rates[0]}, min_lr {rates[1]}: not usable; set --learning_rate")
+        say(f"learning rate: {rates[0]:g} -> {rates[1]:g}, the --init-from run's ({saved})")
+    else:
+        rates = FALLBACK_SFT_RATES
+        say(f"learning rate: {rates[0]:g} -> {rates[1]:g} (--init-from {cfg.init_from} has no training config "
+            "to take them from)")
+    return replace(cfg, learning_rate=rates[0], min_lr=rates[1])
+
+
 def fit_to_data(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
     """SFT rows have a fixed length (meta.json `block_size`): the run uses it, not the config's."""
     if cfg.mode != "sft":
@@ -210,6 +243,7 @@ class Run:
         source = latest_checkpoint(self.run_dir) if resume else (
             ckpt.resolve_checkpoint(cfg.init_from) if cfg.init_from else None)
         self.model, self.cfg = model_for_run(cfg, self.meta, source, resume)
+        self.cfg = inherit_learning_rate(self.cfg, source, self.say)
         if self.master and not resume:
             prepare_run_dir(self.run_dir, overwrite)
         barrier(dist)

@@ -336,7 +336,7 @@ def test_eval_cli_end_to_end_and_comparison(tiny, tmp_path, capsys):
     assert "## Summary" in md and "the 2 worst answers by Rouge-L" in md and "best answers" not in md
     assert "Rouge-L F" in md and "val perplexity" in md
 
-    # two checkpoints side by side; default sampling temperature for eval is greedy
+    # two checkpoints side by side; eval answers with chat's seeded sampling by default
     run2 = tmp_path / "run2"
     torch.manual_seed(1)
     with store.TokenWriter(tmp_path / "data" / "train.bin", tok.vocab_size) as w:
@@ -349,11 +349,18 @@ def test_eval_cli_end_to_end_and_comparison(tiny, tmp_path, capsys):
     assert [x["name"] for x in report["runs"]] == [run.name, "run2"]
     assert report["runs"][0]["qa"]["seen_set"]["source"] == "tokenizer vocabulary"
     assert report["runs"][1]["qa"]["seen_set"]["source"] == f"tokenizer vocabulary + training data ({tmp_path / 'data'})"
-    assert report["settings"]["sample"]["temperature"] == 0
+    assert report["settings"]["sample"]["temperature"] == SampleConfig().temperature > 0
     delta = report["comparison"]["Rouge-L F"]
     assert delta["delta"] == pytest.approx(delta["b"] - delta["a"])
     md = (run / "eval" / "report.md").read_text(encoding="utf-8")
     assert "delta (2 − 1)" in md and "## run2: the 1 best answers by Rouge-L" in md
+
+    # sampled answers are reproducible: the same seed gives the same answers, one question per batch or eight
+    answers = [it["answer"] for it in report["runs"][0]["qa"]["items"]]
+    again = tmp_path / "again"
+    assert main(["eval", str(run), "--qa", str(qa_file), "--no-progress", "--max_new_tokens", "4", "--batch-size", "1",
+                 "--device", "cpu", "--dtype", "float32", "--out", str(again)]) == 0
+    assert [it["answer"] for it in rep.load_report(again / "report.json")["runs"][0]["qa"]["items"]] == answers
 
 
 @pytest.mark.parametrize("extra, message", [

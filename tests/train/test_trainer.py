@@ -229,6 +229,31 @@ def test_sft_mode_from_a_pretrained_run(data, sft_data, tmp_path):
     assert json.loads((tmp_path / "sft" / "config.json").read_text())["model"]["hidden_size"] == 32
 
 
+def test_sft_learning_rate_zero_takes_the_pretrained_runs_rates(data, sft_data, tmp_path, capsys):
+    import shutil
+
+    train(tiny_config(data, tmp_path / "pre", max_steps=4, learning_rate=2.5e-3, min_lr=2.5e-4))
+    train(tiny_config(sft_data, tmp_path / "sft", mode="sft", init_from=str(tmp_path / "pre"), max_steps=2,
+                      learning_rate=0, min_lr=0, eval_interval=0))
+    saved = json.loads((tmp_path / "sft" / "config.json").read_text())
+    assert (saved["learning_rate"], saved["min_lr"]) == (2.5e-3, 2.5e-4)  # recorded resolved, so --resume keeps them
+    assert "the --init-from run's" in capsys.readouterr().out
+    train_lrs = [r["lr"] for r in read_metrics(tmp_path / "sft" / "metrics.jsonl") if r["type"] == "train"]
+    assert max(train_lrs) <= 2.5e-3 and train_lrs
+
+    # a checkpoint with no training run around it (e.g. an imported directory): the fixed fallback
+    bare = tmp_path / "bare"
+    shutil.copytree(tmp_path / "pre" / "checkpoints" / "best", bare)
+    train(tiny_config(sft_data, tmp_path / "sft2", mode="sft", init_from=str(bare), max_steps=2, learning_rate=0,
+                      min_lr=0, eval_interval=0))
+    saved = json.loads((tmp_path / "sft2" / "config.json").read_text())
+    assert (saved["learning_rate"], saved["min_lr"]) == (5e-4, 5e-5)
+    assert "has no training config" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="learning_rate: must be > 0"):  # 0 means nothing without init_from
+        tiny_config(sft_data, tmp_path / "x", mode="sft", learning_rate=0)
+
+
 def test_sft_takes_block_size_from_its_rows(data, sft_data, tmp_path):
     train(tiny_config(data, tmp_path / "pre", max_steps=1))
     cfg = tiny_config(sft_data, tmp_path / "sft", mode="sft", block_size=16, max_steps=1,
