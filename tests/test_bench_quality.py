@@ -3,9 +3,7 @@ held-out scoring (every character but the first predicted once, checked against 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,8 @@ NUMERALS = ["一", "二", "三", "四", "五", "六", "七", "八", "九", "十"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    path = REPO / "bench" / "quality.py"
-    spec = importlib.util.spec_from_file_location("bench_quality", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench(bench_script):
+    return bench_script("quality")
 
 
 def novel(chapters: int, toc: bool = False) -> str:

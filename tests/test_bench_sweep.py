@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,17 +10,10 @@ import pytest
 from miniglm.config import TrainConfig, load_config
 from miniglm.train.recipe import LADDER
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("bench_sweep", BENCH / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def sweep(bench_script):
+    return bench_script("sweep")
 
 
 def test_a_point_trains_the_recipes_rung(sweep, tmp_path):
@@ -33,10 +24,8 @@ def test_a_point_trains_the_recipes_rung(sweep, tmp_path):
     assert args[args.index("--json") + 1] == str(tmp_path / "points" / f"{rung.name}-2.json")
 
 
-def test_quality_takes_a_rung(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_quality_rung", BENCH / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+def test_quality_takes_a_rung(bench_script):
+    quality = bench_script("quality")
     rung = LADDER[0]
     args = quality.parse_args(["--minutes", "1", "--rung", rung.name, "--set", "learning_rate=1e-3"])
     assert args.vocab_size == rung.vocab
