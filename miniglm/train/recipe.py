@@ -4,20 +4,21 @@
     cfg = load_config(TrainConfig, BASE_PRESET, rung.overrides())     # then --max_minutes fits the steps
 
 A budget of wall-clock minutes buys a number of training tokens, and how many depends on the
-model: on a 2-core CPU the 0.66M-parameter rung trains ~4x more tokens per second than the 5.3M
+model: on a 2-core CPU the 0.66M-parameter rung trains ~5x more tokens per second than the 5.3M
 one. Too big a model sees too few tokens. The rule is the compute-optimal ratio of Hoffmann et al.
 (2022, "Chinchilla"): about `TOKENS_PER_PARAM` = 20 training tokens per parameter. Train the
 largest rung of the ladder (`LADDER`, smallest first) whose measured speed buys at least that many
 tokens in the budget; when none does, the smallest. Speeds are measured on this machine (a few
 optimizer steps per rung, smallest first, stopping at the first rung that falls short, since bigger
 ones are slower and need more tokens), never assumed, so the same budget picks a bigger model on a
-faster machine: on a 2-core CPU the smallest rung is the answer up to about 20 minutes (and the
-next one needs hours), on a GPU the larger rungs come within minutes.
+faster machine: on a 2-core AVX2 CPU the smallest rung is the answer for any budget under hours
+(the next one needs 105M tokens at ~2,100 tokens/s there). The rule counts tokens trained, not
+distinct ones, so it does not weigh a small corpus read many times over.
 
 `bench/sweep.py` checks the rule on this corpus (held-out bits/char of the Four Classic Novels
 against minutes, for each rung; table in bench/README.md): on the 2-core AVX2 EPYC the smallest
-rung beat the 8x larger one at every budget measured, by 0.1 bits/char at 2 minutes and 0.4 at 6;
-at 6 minutes it beat the larger rung's 10-minute result too. The ladder ties the vocabulary to the
+rung beat the 8x larger one at every budget compared (2, 6, 10 and 30 minutes: by 0.09, 0.41, 0.39
+and 0.14 bits/char); at 6 minutes it beat the larger rung's 10-minute result too. The ladder ties the vocabulary to the
 width, so the embedding matrix stays under half of the parameters (on tiny budgets a 16k
 vocabulary would spend most parameters and most of the head's FLOPs on embeddings), and the
 learning rate falls with the width. Every rung trains on batches of 8 windows of 128 tokens: at
