@@ -101,6 +101,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
+def run_dir_of(ckpt: Path) -> Path | None:
+    """RUN for RUN/checkpoints/<name>/, else None (a loose checkpoint or a Hugging Face directory)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A checkpoint dir as given, or a run dir's `best` (or `latest`) checkpoint."""
     path = Path(path)

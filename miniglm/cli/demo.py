@@ -114,16 +114,15 @@ def corpus_paths(args, raw: Path) -> list[str]:
     return [str(f.path) for f in files]
 
 
-def measure_step_seconds(cfg) -> tuple[float, str]:
-    """Seconds per optimizer step of `cfg`'s model on random tokens, and a note on the machine."""
+def machine_note(cfg) -> str:
+    """Where and in which dtype `cfg` trains, for the plan line."""
     import torch
 
     from miniglm.device import resolve_device, resolve_dtype
-    from miniglm.train.recipe import measure_step_seconds as measure
 
     device = resolve_device(cfg.device)
     where = f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device)
-    return measure(cfg, steps=3), f"{where}, {str(resolve_dtype(cfg.dtype, device)).removeprefix('torch.')}"
+    return f"{where}, {str(resolve_dtype(cfg.dtype, device)).removeprefix('torch.')}"
 
 
 def split_qa(path: Path, out: Path) -> tuple[Path, list[dict], list[dict]]:
@@ -214,25 +213,28 @@ def main(argv: list[str] | None = None) -> int:
     dev = [f"--device={args.device}"]
 
     corpus = corpus_paths(args, out / "raw")
-    rung, vocab_size = None, args.vocab_size or DEFAULT_VOCAB
+    rung, step_s, vocab_size = None, None, args.vocab_size or DEFAULT_VOCAB
     if args.preset == "auto":
-        rung = choose_rung(clock.budget, args.device, args.pretrain_steps)
+        rung, step_s = choose_rung(clock.budget, args.device, args.pretrain_steps)
         vocab_size = args.vocab_size or rung.vocab
     _stage("1/7 prepare: tokenizer + train.bin/val.bin",
            ["prepare", *corpus, "--out", str(data), "--vocab-size", str(vocab_size),
             f"--tokenizer-sample-mb={TOKENIZER_SAMPLE_MB}", "--no-progress"])
     vocab = json.loads((data / "meta.json").read_text(encoding="utf-8"))["vocab_size"]
     # the pretraining config: a preset, or the recipe's rung (as flags, so the printed command shows it)
-    preset, shape_flags = (args.preset, []) if rung is None else (recipe_preset(), [f"--{o}" for o in rung.overrides(vocab)])
-    ctx = _preset_context(preset, [f.removeprefix("--") for f in shape_flags] + [f"model.vocab_size={vocab}",
-                                                                                 f"device={args.device}"])
-    step_s, machine = measure_step_seconds(ctx)
+    from miniglm.train import recipe
+
+    preset, shape = (args.preset, []) if rung is None else (recipe.BASE_PRESET, rung.overrides(vocab))
+    ctx = _preset_context(preset, shape + [f"model.vocab_size={vocab}", f"device={args.device}"])
+    if step_s is None or vocab != rung.vocab:  # the recipe timed the rung with its own vocabulary
+        step_s = recipe.measure_step_seconds(ctx, steps=3)
+    machine = machine_note(ctx)
     n_scored, tail = plan_tail(clock.budget, step_s, min(args.num_answers, len(NEW_QUESTIONS)), args.eval_limit)
     train_s = clock.left(tail)
     pre_flags, pre_steps = _train_args(args.pretrain_steps, PRETRAIN_SHARE * train_s, step_s)
     sft_block = min(args.block_size, ctx.model.max_position_embeddings)
     # SFT steps cost what their tokens cost: the sft preset's batch of rows against the preset's windows
-    sft_step_s = step_s * _sft_batch_size() * sft_block / (ctx.batch_size * ctx.block_size)
+    sft_step_s = step_s * _sft_batch_size(pre_run) * sft_block / (ctx.batch_size * ctx.block_size)
     sft_plan = args.sft_steps or max(1, int((1 - PRETRAIN_SHARE) * train_s / sft_step_s))
     eta = datetime.now() + timedelta(seconds=clock.budget - clock.elapsed)
     print(f"\nplan for {args.minutes:g} min on {machine}: {step_s:.2f} s per step measured; "
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                                    " (the budget is too small for this machine: expect an overrun)"), flush=True)
 
     _stage(f"2/7 pretrain ({args.preset} preset)" if rung is None else f"2/7 pretrain (recipe: {rung.describe(vocab)})",
-           ["train", "--config", preset, *shape_flags, "--data", str(data), "--out", str(pre_run), "--overwrite",
+           ["train", "--config", preset, *(f"--{o}" for o in shape), "--data", str(data), "--out", str(pre_run), "--overwrite",
             *pre_flags, *dev])
     sft_file, seen, unseen = split_qa(Path(args.sft_data), out)
     _stage("3/7 prepare-sft: Q&A (without the held-out tenth) -> token rows + loss_mask",
@@ -288,30 +290,26 @@ def _preset_context(preset: str, overrides: list[str] | None = None):
     return load_config(TrainConfig, preset, overrides)
 
 
-def recipe_preset() -> str:
-    from miniglm.train.recipe import BASE_PRESET
-
-    return BASE_PRESET
-
-
 def choose_rung(budget_s: float, device: str, fixed_steps: int | None):
-    """The recipe's model for the pretraining share of the budget (the answers' share at its largest)."""
+    """The recipe's model for the pretraining share of the budget (the answers' share at its largest),
+    and its measured seconds per step (None when nothing was measured)."""
     from miniglm.train import recipe
 
     seconds = PRETRAIN_SHARE * (1 - TAIL_SHARE) * budget_s
     if fixed_steps is not None:  # steps, not minutes: the recipe has no budget to size for
         rung = recipe.LADDER[0]
         print(f"\nrecipe: --pretrain-steps given, so no budget to size the model for: {rung.describe()}")
-        return rung
+        return rung, None
     print("\n=== recipe: the training speed of the model ladder on this machine", flush=True)
     rung, trials = recipe.choose(seconds, lambda r: recipe.measure_tokens_per_second(r, device))
     print(recipe.report(seconds, rung, trials), flush=True)
-    return rung
+    speed = next(t.tokens_per_second for t in trials if t.rung == rung)
+    return rung, recipe.BATCH_SIZE * recipe.BLOCK_SIZE / speed
 
 
-def _sft_batch_size() -> int:
+def _sft_batch_size(pre_run: Path) -> int:
     # the sft preset takes its learning rate from the --init-from run, so it loads only with one
-    return _preset_context("sft", ["init_from=the-pretrained-run"]).batch_size
+    return _preset_context("sft", [f"init_from={pre_run}"]).batch_size
 
 
 def _dur(seconds: float) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miniglm.checkpoint import Loaded, load_checkpoint
+from miniglm.checkpoint import Loaded, load_checkpoint, run_dir_of
 
 
 @dataclass
@@ -22,11 +22,6 @@ class Source:
     @property
     def path(self) -> Path:
         return self.loaded.path
-
-
-def run_dir_of(ckpt: Path) -> Path | None:
-    """RUN for RUN/checkpoints/<name>/, else None (a loose checkpoint or a Hugging Face directory)."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
 
 
 def load_source(path: str | Path, which: str = "best") -> Source:

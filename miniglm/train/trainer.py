@@ -174,12 +174,12 @@ def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[.
     FALLBACK_SFT_RATES. The resolved rates are what config.json records, so --resume keeps them."""
     if cfg.learning_rate > 0:
         return cfg
-    saved = source.parent.parent / "config.json" if source is not None and source.parent.name == "checkpoints" else None
-    rates = None
+    run = ckpt.run_dir_of(source) if source is not None else None
+    saved = run / "config.json" if run is not None else None
     if saved is not None and saved.is_file():
         try:
-            run = json.loads(saved.read_text(encoding="utf-8"))
-            rates = float(run["learning_rate"]), float(run["min_lr"])
+            saved_cfg = json.loads(saved.read_text(encoding="utf-8"))
+            rates = float(saved_cfg["learning_rate"]), float(saved_cfg["min_lr"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{saved}: no learning_rate/min_lr to take for learning_rate = 0 ({e}); "
                             "set --learning_rate") from None

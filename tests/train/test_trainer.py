@@ -250,6 +250,11 @@ def test_sft_learning_rate_zero_takes_the_pretrained_runs_rates(data, sft_data, 
     assert (saved["learning_rate"], saved["min_lr"]) == (5e-4, 5e-5)
     assert "has no training config" in capsys.readouterr().out
 
+    (tmp_path / "pre" / "config.json").write_text('{"learning_rate": "fast"}')  # a run config that says no rate
+    with pytest.raises(DataError, match=r"pre/config.json: no learning_rate/min_lr to take .* set --learning_rate"):
+        train(tiny_config(sft_data, tmp_path / "sft3", mode="sft", init_from=str(tmp_path / "pre"), max_steps=2,
+                          learning_rate=0, min_lr=0, eval_interval=0))
+
     with pytest.raises(ValueError, match="learning_rate: must be > 0"):  # 0 means nothing without init_from
         tiny_config(sft_data, tmp_path / "x", mode="sft", learning_rate=0)
 
