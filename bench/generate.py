@@ -32,7 +32,7 @@ tokens hold), not a property of a trained model.
 
     python bench/generate.py                        # float32, int8 (+ bfloat16 where the CPU has bf16)
     python bench/generate.py --formats float32 --repeats 5
-    python bench/generate.py --profile              # also a per-operation profile of our float32 decode
+    python bench/generate.py --profile              # also where each format's decode time goes, part by part
 
 Last line: `ratio_vs_transformers: X.XX`, ours / theirs in tokens/s for the format `miniglm sample`
 uses by default on this machine (float32 or bfloat16 per `--dtype auto`), or the first format asked for.
@@ -41,6 +41,7 @@ uses by default on this machine (float32 or bfloat16 per `--dtype auto`), or the
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import statistics
 import time
@@ -179,19 +180,59 @@ def top1_agreement(base: MiniGLM, fmt: str, ids: list[int], block: int) -> float
     return same / total
 
 
-def profile_decode(base: MiniGLM, prompt: list[int], cfg: SampleConfig, fmt: str, rows: int = 15) -> None:
-    """torch.profiler table of one generation: where decoding time goes, operation by operation."""
-    from torch.profiler import ProfilerActivity, profile
+class _Timed:
+    """A decode-time product that adds the seconds of each call (torch path or numpy row) to `spent[name]`."""
 
+    def __init__(self, fn, name: str, spent: collections.Counter):
+        self.fn, self.name, self.spent = fn, name, spent
+        self.kernel, self.nbytes = fn.kernel, fn.nbytes
+
+    def __call__(self, x):
+        t0 = time.perf_counter()
+        y = self.fn(x)
+        self.spent[self.name] += time.perf_counter() - t0
+        return y
+
+    def row(self, v):
+        t0 = time.perf_counter()
+        y = self.fn.row(v)
+        self.spent[self.name] += time.perf_counter() - t0
+        return y
+
+
+def profile_decode(base: MiniGLM, prompt: list[int], cfg: SampleConfig, fmt: str) -> None:
+    """Where one generation's time goes: each kind of product, timed around its calls, and the rest
+    (norms, rotary, cache writes, attention over the cache, sampling, Python), on the numpy step
+    (batch 1, what generation uses) and on the torch decode path (batch > 1 and bf16 use it)."""
     model = our_model(base, fmt)
-    ours(model, prompt, cfg)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    model.fuse()
+    spent: collections.Counter = collections.Counter()
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        a.fused = (_Timed(a.fused[0], "qkv", spent), _Timed(a.fused[1], "o", spent))
+        m.fused = (_Timed(m.fused[0], "gate_up", spent), _Timed(m.fused[1], "down", spent))
+    model.fused_head = _Timed(model.fused_head, "lm_head", spent)
+    nbytes = {p["name"].rsplit(".", 1)[-1]: 0 for p in model.decode_plan()}
+    for p in model.decode_plan():
+        nbytes[p["name"].rsplit(".", 1)[-1]] += p["bytes"]
+    n = cfg.max_new_tokens
+    print(f"\nwhere a {fmt} token's time goes ({n} new tokens after a {len(prompt)}-token prompt; products timed "
+          f"around their calls, the prefill's included):")
+    print(f"{'path':<19} {'part':<10} {'ms/token':>8} {'share':>6} {'MB/token':>8} {'GB/s':>6}")
+    for path, numpy_step in (("numpy step", True), ("torch decode path", False)):
+        if numpy_step and fmt == "bfloat16":
+            continue  # numpy has no bf16: bf16 always decodes through torch
+        model.numpy_step = numpy_step
+        ours(model, prompt, cfg)  # warm-up
+        spent.clear()
         t0 = time.perf_counter()
         ours(model, prompt, cfg)
-        wall = time.perf_counter() - t0
-    print(f"\nprofile of one {fmt} generation ({cfg.max_new_tokens} tokens, {1000 * wall / cfg.max_new_tokens:.2f} "
-          f"ms/token under the profiler, which adds a few us per operation):")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+        total = time.perf_counter() - t0
+        parts = [(k, spent[k], nbytes[k]) for k in ("qkv", "o", "gate_up", "down", "lm_head")]
+        parts.append(("the rest", total - sum(spent.values()), 0))
+        for name, sec, b in parts + [("total", total, sum(nbytes.values()))]:
+            rate = f"{b * n / sec / 1e9:>6.1f}" if b else f"{'':>6}"
+            print(f"{path:<19} {name:<10} {1000 * sec / n:>8.2f} {100 * sec / total:>5.0f}% {b / 1e6:>8.1f} {rate}")
 
 
 def main() -> None:
@@ -199,7 +240,7 @@ def main() -> None:
     ap.add_argument("--formats", default="",
                     help="comma-separated formats among float32, bfloat16, int8 (default: float32,int8, plus "
                          "bfloat16 where the CPU has native bf16)")
-    ap.add_argument("--profile", action="store_true", help="also print a per-operation profile of our decode")
+    ap.add_argument("--profile", action="store_true", help="also print where each format's decode time goes")
     ap.add_argument("--checkpoint", metavar="RUN_OR_CHECKPOINT",
                     help="measure a trained model (its tokenizer, its shape) instead of the random base preset")
     ap.add_argument("--vocab-size", type=int, default=16000, help="vocabulary size (default 16000)")
@@ -278,7 +319,8 @@ def main() -> None:
     if "int8" in r["formats"] and "float32" in r["formats"]:
         print(f"int8 vs our float32: {r['sides']['miniglm int8']['tokens_per_s'] / r['sides']['miniglm float32']['tokens_per_s']:.2f}x")
     if args.profile:
-        profile_decode(base, prompt, cfg, formats[0])
+        for f in formats:
+            profile_decode(base, prompt, cfg, f)
     key = default if default in r["formats"] else formats[0]
     print(f"default format: {key} (what `miniglm sample` uses on this machine: --dtype auto -> {default})")
     print(f"ratio_vs_transformers: {r['formats'][key]['ratio']:.2f}")

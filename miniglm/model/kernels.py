@@ -13,10 +13,12 @@
   softmax, in two query blocks so the masked upper-right quarter is never computed (faster,
   forward + backward, than the CPU flash-attention kernel behind SDPA at T = 512);
   elsewhere `F.scaled_dot_product_attention(is_causal=True)`, which is also the reference.
-- `pack_linear(weight)`: the weight of a decode-time matrix-vector product, reordered once into
-  oneDNN's blocked layout where that pays off (float32, or bf16 on CPUs with bf16 instructions):
-  for one token the default BLAS path reads a (V, C) matrix at well under half the memory
-  bandwidth oneDNN reaches. Small float32 matrices keep the default kernel (lower fixed cost).
+- `pack_linear(weight)`: the weight of a decode-time product (one token: a matrix-vector product,
+  bound by reading the weight), laid out once for the kernel a fixed rule picks from the CPU's
+  instruction set (`default_decode_kernel`): oneDNN's blocked layout on AVX-512 and for bf16;
+  on other CPUs numpy's OpenBLAS with the weight stored transposed, which reads it at 1.4-1.6x
+  oneDNN's bandwidth on an AVX2 EPYC and 2.4x torch's default BLAS (MKL). Small float32
+  matrices keep the default kernel (lower fixed cost).
 - `linear_cross_entropy(h, weight, targets, mask)` = `masked_cross_entropy(h @ weight.T, ...)` computed
   a chunk at a time, so the (N, V) float32 logits are never materialised: on a CPU the logits of
   a step, their softmax and its gradient cost more than all the head's matmuls.
@@ -24,8 +26,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -245,14 +248,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
 # --------------------------------------------------------------------------- decode-time packed weights
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]  # x (..., C_in) -> (..., C_out)
-# float32 matrices smaller than this stay with the default kernel: a packed call costs ~10 us of
-# fixed overhead, more than the whole product of a small matrix (bf16 always gains)
+# float32 matrices smaller than this stay with torch's default kernel: a oneDNN or numpy call costs
+# ~10-40 us of fixed overhead, about the whole product of a small matrix (bf16 always gains)
 PACK_MIN_FLOAT32 = 1 << 18
 
 
-def _tag(fn: LinearFn, kernel: str, nbytes: int) -> LinearFn:
-    """Record on a decode-time product which kernel runs it and the bytes of weights it reads per call."""
+def _tag(fn: LinearFn, kernel: str, nbytes: int, row: Callable | None = None) -> LinearFn:
+    """Record on a decode-time product which kernel runs it and the bytes of weights it reads per
+    call, and give it `row`: the same product for one float32 row as a 1-D numpy array (what
+    `MiniGLM.step` calls); by default through the torch function on a zero-copy view."""
     fn.kernel, fn.nbytes = kernel, nbytes
+    fn.row = row or (lambda v: fn(torch.from_numpy(v[None])).numpy()[0])
     return fn
 
 
@@ -292,15 +298,102 @@ def _plain_linear(weight: torch.Tensor) -> LinearFn:
     return _tag(lambda x: F.linear(x, weight), f"torch linear {dtype}", weight.numel() * weight.element_size())
 
 
-def pack_linear(weight: torch.Tensor, packed: bool | None = None) -> LinearFn:
+@functools.cache
+def numpy_openblas() -> bool:
+    """Is numpy's BLAS OpenBLAS, and does its float32 product agree with torch's (checked once)?"""
+    try:
+        import numpy as np
+
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        if "openblas" not in str(blas.get("name", "")).lower() or not blas.get("found", True):
+            return False
+        w = torch.linspace(-1, 1, 128).view(8, 16)
+        x = torch.linspace(1, -1, 32).view(2, 16)
+        return bool(torch.allclose(_openblas_linear(w)(x), F.linear(x, w), atol=1e-5, rtol=1e-5))
+    except (ImportError, AttributeError, KeyError, TypeError, RuntimeError, ValueError):
+        return False
+
+
+def _openblas_linear(weight: torch.Tensor) -> LinearFn:
+    """x @ weight.T by OpenBLAS (numpy's). For one row, a matrix at least as tall as it is wide is
+    stored transposed, so the product is a sum of its rows scaled by x (streamed front to back);
+    a wider one (the MLP's down projection) as it is, one dot product per long row: on EPYC-AVX2
+    each orientation reads its shapes at 18-26 GB/s and the other at 13-19 (bench/README.md)."""
+    if weight.size(1) > weight.size(0):
+        stored = weight.detach().contiguous()  # (out, in)
+        mat = stored.numpy().T  # (in, out) view: BLAS reads it transposed
+        row = stored.numpy().__matmul__
+    else:
+        stored = weight.detach().t().contiguous()  # (in, out): owned here, shared with numpy
+        mat = stored.numpy()
+        row = mat.__rmatmul__
+    N = weight.size(0)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        rows = x.detach().reshape(-1, x.size(-1)).contiguous().numpy()
+        return torch.from_numpy(rows @ mat).view(*x.shape[:-1], N)
+    linear.stored = stored  # keeps the storage alive with the closures' numpy views
+    return _tag(linear, "OpenBLAS float32", stored.numel() * 4, row=row)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block (process-wide), restored after."""
+    previous = torch.get_num_threads()
+    if previous == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+DECODE_KERNELS = ("onednn", "openblas", "torch")  # float32 decode-time products; None = the rule
+
+
+def default_decode_kernel() -> str:
+    """The fixed rule for float32 decode-time products on a CPU, from the instruction set torch detected.
+
+    AVX-512: oneDNN packed (2.9x transformers measured there). Elsewhere (AVX2): numpy's OpenBLAS
+    where numpy links it, which on EPYC-AVX2 reads a matrix for one token at ~18 GB/s, against
+    ~11-13 for oneDNN packed and ~7 for torch's own BLAS (MKL); then oneDNN; then torch
+    (bench/README.md).
+    """
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512") and _onednn_works(torch.float32):
+        return "onednn"
+    if numpy_openblas():
+        return "openblas"
+    return "onednn" if _onednn_works(torch.float32) else "torch"
+
+
+def pack_linear(weight: torch.Tensor, kernel: str | None = None) -> LinearFn:
     """x -> x @ weight.T for inference (no autograd) with the weight laid out once for speed.
 
-    packed: None = oneDNN where it pays off (see PACK_MIN_FLOAT32), True = oneDNN whenever it
-    works here, False = the default kernel.
+    kernel (float32 on a CPU): None = the rule (`default_decode_kernel`, small matrices with
+    torch's default, see PACK_MIN_FLOAT32), "onednn" / "openblas" / "torch" = that kernel for
+    every matrix. bf16 on a CPU: oneDNN packed where it has bf16 (any kernel but "torch").
+    Elsewhere (CUDA, other dtypes) torch's default.
     """
-    can = onednn_packs(weight.device, weight.dtype) if packed is not False else False
-    small = packed is None and weight.dtype == torch.float32 and weight.numel() < PACK_MIN_FLOAT32
-    return _onednn_linear(weight) if can and not small else _plain_linear(weight)
+    if kernel is not None and kernel not in DECODE_KERNELS:
+        raise KernelError(f"decode kernel {kernel!r}: expected {', '.join(DECODE_KERNELS)}")
+    if weight.device.type != "cpu" or kernel == "torch":
+        return _plain_linear(weight)
+    if weight.dtype == torch.bfloat16:
+        return _onednn_linear(weight) if onednn_packs(weight.device, weight.dtype) else _plain_linear(weight)
+    if weight.dtype != torch.float32 or (kernel is None and weight.numel() < PACK_MIN_FLOAT32):
+        return _plain_linear(weight)
+    kernel = kernel or default_decode_kernel()
+    if kernel == "torch":
+        return _plain_linear(weight)
+    if kernel == "openblas":
+        if not numpy_openblas():
+            raise KernelError("decode kernel 'openblas' needs numpy built with OpenBLAS (this numpy is not)")
+        return _openblas_linear(weight)
+    if not _onednn_works(torch.float32):
+        raise KernelError("decode kernel 'onednn' needs oneDNN, which this torch build cannot run")
+    return _onednn_linear(weight)
 
 
 # --------------------------------------------------------------------------- int8 weights for inference
@@ -360,7 +453,10 @@ def _dynamic_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         return op(x.reshape(-1, x.size(-1)), packed, True).view(*x.shape[:-1], N)
-    return _tag(linear, "int8 dynamic (fbgemm)", q.numel() + 4 * N)
+
+    def row(v):  # one row: numpy's reshapes cost a tenth of torch's views
+        return op(torch.from_numpy(v[None]), packed, True).numpy()[0]
+    return _tag(linear, "int8 dynamic (fbgemm)", q.numel() + 4 * N, row=row)
 
 
 def _weight_only_int8_linear(q: torch.Tensor, scale: torch.Tensor) -> LinearFn:

@@ -18,11 +18,15 @@ One forward serves training, scoring and decoding (`MiniGLM.forward`):
   cache; `position_ids` + `attn_mask` let rows of different lengths share one cache (left padding).
 Decoding is memory-bound (every weight is read once per token), so `new_cache` also lays the
 weights out for it (`fuse`): q/k/v fused into one matrix and gate/up into another (4 products per
-block instead of 7), each packed for oneDNN where that pays off (`kernels.pack_linear`). The fused
+block instead of 7), each laid out for the kernel that reads it fastest (`kernels.pack_linear`). The fused
 weights are derived from the parameters, rebuilt whenever a parameter changes, and used only on
 the cached path; the arithmetic is the same (tests compare both paths, and both with transformers).
 On a CPU the cache holds float32 keys/values whatever the weights' dtype, and attention over it
 runs in float32, where CPU kernels are several times faster for one query than in bfloat16.
+One row, one position at a time (chat, sample, streaming) in float32 or int8 on a CPU goes through
+`MiniGLM.step`: the same decode arithmetic in numpy, whose ~1 us per small operation (against
+torch's 5-30 us) leaves a token's time to reading the weights; each block has its `step` beside
+its `decode` and `forward`.
 `quantize("int8")` (inference on a CPU) builds those decode-time matrices, the LM head included,
 as per-channel int8 (`kernels.int8_linear`) and then routes EVERY forward through them, scoring
 too (token losses from the int8 head a chunk at a time), so what is measured is what generates.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,6 +53,7 @@ from miniglm.model.kernels import (
     linear_cross_entropy,
     pack_linear,
     token_losses,
+    torch_threads,
 )
 
 Layout = Callable[[torch.Tensor], LinearFn]  # a weight -> its decode-time product (packed or int8)
@@ -109,6 +115,7 @@ class KVCache:
         self.max_len = max_len
         self.pos = 0  # positions filled so far (advanced by the model after the last layer)
         self.weights_key: object | None = None  # set by MiniGLM.new_cache: decode with the fused weights
+        self._views: tuple | None = None  # see numpy_rows
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         T = k.size(2)
@@ -121,6 +128,13 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+    def numpy_rows(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer, numpy views (K, max_len, D) of row 0's keys and values (shared memory),
+        made once for the tensors the cache holds now."""
+        if self._views is None or self._views[0] is not self.k or self._views[1] is not self.v:
+            self._views = (self.k, self.v, [(k[0].numpy(), v[0].numpy()) for k, v in zip(self.k, self.v)])
+        return self._views[2]
 
 
 class Attention(nn.Module):
@@ -161,6 +175,27 @@ class Attention(nn.Module):
         q, k = torch.addcmul(qk * cos, qk.roll(D // 2, dims=-1), sin).split([H, K], dim=1)
         return self.fused[1](self._attend(q, k, qkv[:, H + K:], kv_cache, attn_mask, x))
 
+    def step(self, h: np.ndarray, cos: np.ndarray, sin: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
+             slot: int, visible: np.ndarray | None) -> np.ndarray:
+        """decode for one row and one position, in numpy (see MiniGLM.step): h (C,) normalised, cos/sin
+        (D,), k_cache/v_cache (K, max_len, D) views of this layer's cache, written at `slot`;
+        visible (slot + 1,) bool or None = every position so far."""
+        H, K, D = self.n_head, self.n_kv, self.head_dim
+        qkv = self.fused[0].row(h).reshape(H + 2 * K, D)
+        qk = qkv[:H + K]
+        # the halves swapped (rotate_half; its sign is in the sin table)
+        qk = qk * cos + qk.reshape(H + K, 2, D // 2)[:, ::-1].reshape(H + K, D) * sin
+        k_cache[:, slot], v_cache[:, slot] = qk[H:], qkv[H + K:]
+        S = slot + 1
+        scores = np.matmul(qk[:H].reshape(K, H // K, D), k_cache[:, :S].transpose(0, 2, 1))  # (K, H/K, S)
+        scores *= D**-0.5
+        if visible is not None:
+            scores[..., ~visible] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        return self.fused[1].row(np.matmul(scores, v_cache[:, :S]).reshape(H * D))
+
     def _attend(self, q, k, v, kv_cache: KVCache | None, attn_mask: torch.Tensor | None, x: torch.Tensor):
         """Attention of q (B, H, T, D) over k, v (B, K, T, D) and the cache -> (B, T, H*D) in x's dtype."""
         B, _, T, _ = q.shape
@@ -170,6 +205,8 @@ class Attention(nn.Module):
         else:
             past = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D) in the cache's dtype
+            if T == 1 and k.device.type == "cpu":
+                return self._attend_one(q.to(k.dtype), k, v, attn_mask).to(x.dtype)
             q, k, v = self._repeat_kv(q.to(k.dtype), k, v)
             causal = attn_mask is None and T > 1 and past == 0
             if attn_mask is None and T > 1 and past > 0:  # a chunk after a cached prefix: causal with an offset
@@ -178,6 +215,19 @@ class Attention(nn.Module):
             if y.dtype != x.dtype:
                 y = y.to(x.dtype)
         return y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
+
+    def _attend_one(self, q, k, v, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """One query per row over the cache, q (B, H, 1, D), k/v (B, K, S, D) -> (B, 1, H*D).
+
+        Two batched products and a softmax, each group of H/K query heads against its K/V head
+        without repeating it: for a single query on a CPU this takes ~2/3 of the time of SDPA's
+        flash kernel, whose tiling buys nothing here."""
+        B, H, _, D = q.shape
+        K = k.size(1)
+        scores = torch.matmul(q.reshape(B, K, H // K, D), k.transpose(-1, -2)).mul_(D**-0.5)  # (B, K, H/K, S)
+        if attn_mask is not None:  # (B, 1, 1, S) bool, True = may attend
+            scores.masked_fill_(~attn_mask, float("-inf"))
+        return torch.matmul(scores.softmax(dim=-1), v).view(B, 1, H * D)  # (B, K, H/K, D) = heads in order
 
     def _repeat_kv(self, q, k, v):
         if self.n_kv != self.n_head:  # grouped-query attention: share each K/V head among H/K query heads
@@ -210,6 +260,13 @@ class MLP(nn.Module):
         gate, up = self.fused[0](x).chunk(2, dim=-1)
         return self.fused[1](F.silu(gate).mul_(up))
 
+    def step(self, h: np.ndarray) -> np.ndarray:
+        """decode for one row in numpy; silu(g) = g * sigmoid(g) with sigmoid(g) = (1 + tanh(g/2)) / 2,
+        which cannot overflow."""
+        gate_up = self.fused[0].row(h)
+        gate, up = gate_up[:gate_up.size // 2], gate_up[gate_up.size // 2:]
+        return self.fused[1].row(gate * (0.5 + 0.5 * np.tanh(0.5 * gate)) * up)
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
@@ -234,6 +291,17 @@ class DecoderLayer(nn.Module):
         eps = self.input_layernorm.eps
         x = x + self.self_attn.decode(normalize(x, eps), cos, sin, kv_cache, attn_mask)
         return x + self.mlp.decode(normalize(x, eps))
+
+    def step(self, x: np.ndarray, cos, sin, k_cache, v_cache, slot: int, visible) -> np.ndarray:
+        """decode for one row and one position in numpy (see MiniGLM.step)."""
+        eps = self.input_layernorm.eps
+        x = x + self.self_attn.step(normalize_row(x, eps), cos, sin, k_cache, v_cache, slot, visible)
+        return x + self.mlp.step(normalize_row(x, eps))
+
+
+def normalize_row(x: np.ndarray, eps: float) -> np.ndarray:
+    """`normalize` for one row (C,) in numpy."""
+    return x * (1.0 / np.sqrt(np.dot(x, x) / x.size + eps))
 
 
 class Backbone(nn.Module):
@@ -264,6 +332,7 @@ class MiniGLM(nn.Module):
         self._fused_key: tuple | None = None  # what the decode-time weights were built from (see fuse)
         self.quantization: tuple[str, str] | None = None  # ("int8", kernel) once quantize() ran
         self.fused_head: LinearFn | None = None
+        self.numpy_step = True  # batch-1 decoding on a CPU through `step` (False: the torch decode path)
         self.apply(self._init_weights)
         # GPT-2 style: scale the projections that write into the residual stream by 1/sqrt(2N),
         # so the residual's variance does not grow with depth.
@@ -290,25 +359,26 @@ class MiniGLM(nn.Module):
         return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
 
     @torch.no_grad()
-    def fuse(self, packed: bool | None = None) -> MiniGLM:
+    def fuse(self, kernel: str | None = None) -> MiniGLM:
         """Lay the weights out for decoding (see the module docstring); a no-op while they are current.
 
-        packed: None = oneDNN-pack where it pays off, True = every matrix, False = never (ignored
-        once the model is quantized: its matrices are int8).
+        kernel: the float32 products' kernel (`kernels.pack_linear`): None = the rule for this
+        CPU, or "onednn" / "openblas" / "torch" for every matrix (ignored once the model is
+        quantized: its matrices are int8).
         """
         fingerprint = self._fingerprint()
         current = (self._fused_key is not None and self._fused_key[0] == fingerprint
                    and self._fused_key[2] == self.quantization)
-        if not current or (packed is not None and packed != self._fused_key[1]):
+        if not current or (kernel is not None and kernel != self._fused_key[1]):
             if self.quantization is not None:
                 kernel = self.quantization[1]
                 layout: Layout = lambda w: int8_linear(w, kernel)  # noqa: E731
             else:
-                layout = lambda w: pack_linear(w, packed)  # noqa: E731
+                layout = lambda w: pack_linear(w, kernel)  # noqa: E731
             for layer in self.model.layers:
                 layer.fuse(layout)
             self.fused_head = layout(self.lm_head.weight * self.model.norm.weight)
-            self._fused_key = (fingerprint, packed, self.quantization)
+            self._fused_key = (fingerprint, kernel, self.quantization)
         return self
 
     @torch.no_grad()
@@ -345,6 +415,32 @@ class MiniGLM(nn.Module):
                      "bytes": self.fused_head.nbytes})
         return plan
 
+    def step(self, input_ids: torch.Tensor, kv_cache: KVCache, position_ids: torch.Tensor | None = None,
+             attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The fused decode path for one row and one position, in numpy: (1, 1) ids -> (1, 1, V) float32 logits.
+
+        forward takes it at batch 1 on a CPU in float32 (int8 included). The same arithmetic as the
+        torch decode path (tests hold them to each other), with the products through each fused
+        weight's `row` (OpenBLAS, or the torch kernel on a zero-copy view) and the ~100 small
+        operations of a token (norms, rotary, cache writes, attention, SiLU) in numpy, at ~1 us
+        each instead of torch's ~5-30 us: on a 2-core CPU they cost torch about 4 ms per token, as
+        much as reading the weights of a 25M-parameter model. The keys/values go into the cache's
+        own tensors (shared memory). position_ids (1, 1) and attn_mask (1, 1, 1, S) as in forward.
+        """
+        slot = kv_cache.pos
+        pos = slot if position_ids is None else int(position_ids.reshape(-1)[0])
+        if slot >= kv_cache.max_len:
+            raise ValueError(f"KV cache overflow: {slot + 1} positions > max_len {kv_cache.max_len}")
+        if pos >= self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {pos + 1} tokens exceeds the context ({self.config.max_position_embeddings})")
+        visible = None if attn_mask is None else attn_mask.reshape(-1)[:slot + 1].numpy()
+        cos, sin = self.rope_cos.numpy()[pos], self.rope_sin.numpy()[pos]
+        x = self.model.embed_tokens.weight.detach().numpy()[int(input_ids[0, 0])]
+        for layer, (k, v) in zip(self.model.layers, kv_cache.numpy_rows()):
+            x = layer.step(x, cos, sin, k, v, slot, visible)
+        kv_cache.pos += 1
+        return torch.from_numpy(self.fused_head.row(normalize_row(x, self.model.norm.eps))).view(1, 1, -1)
+
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for decoding with this model (float32 on a CPU); fuses the weights first."""
         self.fuse()
@@ -368,6 +464,10 @@ class MiniGLM(nn.Module):
         reduction: str = "mean",  # with targets: "mean" (masked mean) or "none" ((B, T) token losses)
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # (logits, None) or, given targets, (None, loss)
         B, T = input_ids.shape
+        if (B == T == 1 and kv_cache is not None and targets is None and self.numpy_step and self._fused_key
+                and kv_cache.weights_key is self._fused_key and input_ids.device.type == "cpu"
+                and self.model.embed_tokens.weight.dtype == torch.float32):
+            return self.step(input_ids, kv_cache, position_ids, attn_mask), None
         start = kv_cache.pos if kv_cache is not None else 0
         if position_ids is None:
             if start + T > self.config.max_position_embeddings:
@@ -385,6 +485,17 @@ class MiniGLM(nn.Module):
         else:  # the fused weights only for a cache made by new_cache since the weights last changed
             fused = (kv_cache is not None and kv_cache.weights_key is not None
                      and kv_cache.weights_key is self._fused_key)
+        if fused and self.fused_head.kernel.startswith("OpenBLAS"):
+            # OpenBLAS runs the products on its own threads; torch's, spinning between their
+            # parallel regions, would take the cores from it (4x slower on a 2-core CPU)
+            with torch_threads(1):
+                return self._forward(input_ids, targets, loss_mask, kv_cache, attn_mask, last_only, reduction,
+                                     cos, sin, fused)
+        return self._forward(input_ids, targets, loss_mask, kv_cache, attn_mask, last_only, reduction, cos, sin, fused)
+
+    def _forward(self, input_ids, targets, loss_mask, kv_cache, attn_mask, last_only, reduction, cos, sin, fused):
+        """forward's body once the positions and the weights to use are settled."""
+        B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         if fused:
             if cos.dtype != x.dtype:

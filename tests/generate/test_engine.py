@@ -10,7 +10,7 @@ import torch
 
 from miniglm.config import ModelConfig, SampleConfig
 from miniglm.generate import engine
-from miniglm.model.kernels import onednn_packs
+from miniglm.model.kernels import DECODE_KERNELS, numpy_openblas, onednn_packs
 from miniglm.model.model import MiniGLM
 
 CONTEXT = 64
@@ -55,11 +55,20 @@ def test_cached_path_matches_reference_tokens_and_logits(kw):
         torch.testing.assert_close(torch.stack(fast), torch.stack(ref), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_fused_cached_forward_matches_plain_forward(packed):
-    if packed and not onednn_packs(torch.device("cpu"), torch.float32):
-        pytest.skip("no oneDNN packed linear in this torch build")
-    model = tiny_model().fuse(packed=packed)
+def kernel_runs_here(kernel: str) -> bool:
+    return {"torch": True, "onednn": onednn_packs(torch.device("cpu"), torch.float32),
+            "openblas": numpy_openblas()}[kernel]
+
+
+@pytest.mark.parametrize("numpy_step", [True, False], ids=["numpy-step", "torch-step"])
+@pytest.mark.parametrize("kernel", DECODE_KERNELS)
+def test_fused_cached_forward_matches_plain_forward(kernel, numpy_step):
+    if not kernel_runs_here(kernel):
+        pytest.skip(f"decode kernel {kernel} does not run here")
+    model = tiny_model(num_key_value_heads=2).fuse(kernel)
+    model.numpy_step = numpy_step
+    assert {p["kernel"].split()[0] for p in model.decode_plan()} == {"torch" if kernel == "torch" else
+                                                                      "oneDNN" if kernel == "onednn" else "OpenBLAS"}
     ids = torch.tensor([PROMPTS[0]])
     cache = model.new_cache(1, 32)
     assert cache.weights_key is not None  # this cache decodes with the fused weights
@@ -67,7 +76,46 @@ def test_fused_cached_forward_matches_plain_forward(packed):
         got = model(ids[:, :6], kv_cache=cache)[0]  # prefill 6, then 4 single steps
         steps = [model(ids[:, t:t + 1], kv_cache=cache, last_only=True)[0] for t in range(6, 10)]
         want = model(ids)[0]
+    assert cache.pos == 10
     torch.testing.assert_close(torch.cat([got, *steps], dim=1), want, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_step_runs_and_matches_the_torch_step(monkeypatch):
+    """Batch-1 steps take the numpy path (not the torch decode), also with positions and a mask,
+    and give the torch decode path's logits and cache contents."""
+    model = tiny_model(num_key_value_heads=2)
+    calls = []
+    original = MiniGLM.step
+    monkeypatch.setattr(MiniGLM, "step", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    ids = torch.tensor([[0, 0] + PROMPTS[0][:6]])  # two padding slots the mask hides
+    positions = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5]])
+    valid = torch.tensor([[False, False] + [True] * 6 + [True] * 4])
+    results = {}
+    for numpy_step in (True, False):
+        model.numpy_step = numpy_step
+        cache = model.new_cache(1, 12)
+        with torch.inference_mode():
+            causal = torch.ones(8, 8, dtype=torch.bool).tril() & valid[:, None, :8] | torch.eye(8, dtype=torch.bool)
+            model(ids, kv_cache=cache, position_ids=positions, attn_mask=causal[:, None])
+            logits = [model(torch.tensor([[t]]), kv_cache=cache, position_ids=torch.tensor([[6 + i]]),
+                            attn_mask=valid[:, None, None, :9 + i])[0] for i, t in enumerate(PROMPTS[0][6:10])]
+        results[numpy_step] = (torch.cat(logits, dim=1), cache.k[0][:, :, :12].clone(), cache.v[-1][:, :, :12].clone())
+    assert len(calls) == 4  # the four single steps with numpy_step on; the prefill (8 tokens) never
+    for got, want in zip(results[True], results[False]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_step_refuses_to_run_past_the_cache_or_the_context():
+    model = tiny_model()
+    cache = model.new_cache(1, 3)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
+        with pytest.raises(ValueError, match="KV cache overflow"):
+            model(torch.tensor([[4]]), kv_cache=cache)
+        cache = model.new_cache(1, 8)
+        with pytest.raises(ValueError, match="exceeds the context"):
+            model(torch.tensor([[4]]), kv_cache=cache, position_ids=torch.tensor([[model.config.max_position_embeddings]]))
+    assert cache.pos == 0  # nothing written
 
 
 def test_bfloat16_cached_path_is_close_to_reference():
@@ -217,3 +265,23 @@ def test_generation_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     run(model, PROMPTS, dataclasses.replace(GREEDY, temperature=1.0, seed=3))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.skipif(not numpy_openblas(), reason="numpy is not built with OpenBLAS here")
+def test_openblas_products_run_with_torch_on_one_thread(monkeypatch):
+    """OpenBLAS has threads of its own: while its products run, torch's threads must not spin
+    on the same cores (4x slower on 2 cores); torch's count is restored after each forward."""
+    from miniglm.model.model import MLP
+
+    model = tiny_model().fuse("openblas")
+    seen = []
+    original = MLP.decode
+    monkeypatch.setattr(MLP, "decode", lambda self, x: seen.append(torch.get_num_threads()) or original(self, x))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            model(torch.tensor([PROMPTS[0]]), kv_cache=model.new_cache(1, 16))  # prefill: the torch decode path
+        assert seen == [1] * model.config.num_hidden_layers and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

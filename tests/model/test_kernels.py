@@ -81,3 +81,65 @@ def test_two_block_attention_matches_sdpa(T):
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
     assert (got[0][:, :, :T // 2] - ref[0][:, :, :T // 2]).abs().max() < 0.05  # first block is causal too
+
+
+# --------------------------------------------------------------------------- decode-time products
+
+needs_openblas = pytest.mark.skipif(not kernels.numpy_openblas(), reason="numpy is not built with OpenBLAS here")
+
+
+@needs_openblas
+@pytest.mark.parametrize("shape", [(96, 40), (40, 96)], ids=["tall (stored transposed)", "wide (stored as is)"])
+def test_openblas_products_match_f_linear(shape):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(*shape, generator=g)
+    fn = kernels.pack_linear(w, "openblas")
+    assert fn.kernel == "OpenBLAS float32" and fn.nbytes == w.numel() * 4
+    for x in (torch.randn(1, 1, shape[1], generator=g), torch.randn(3, 5, shape[1], generator=g)):
+        torch.testing.assert_close(fn(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    v = torch.randn(shape[1], generator=g)
+    row = fn.row(v.numpy())
+    assert row.shape == (shape[0],)
+    torch.testing.assert_close(torch.from_numpy(row), F.linear(v, w), rtol=1e-5, atol=1e-5)
+    w.mul_(2)  # the decode-time weight is its own copy (or the parameter's storage): rebuilt by fuse
+    assert fn(torch.ones(1, shape[1])).shape == (1, shape[0])
+
+
+@pytest.mark.parametrize("kernel", kernels.DECODE_KERNELS)
+def test_every_decode_kernel_gives_a_row_product(kernel):
+    if kernel == "openblas" and not kernels.numpy_openblas() or \
+            kernel == "onednn" and not kernels.onednn_packs(torch.device("cpu"), torch.float32):
+        pytest.skip(f"{kernel} does not run here")
+    w = torch.linspace(-1, 1, 12 * 20).view(12, 20)
+    v = torch.linspace(2, -1, 20)
+    torch.testing.assert_close(torch.from_numpy(kernels.pack_linear(w, kernel).row(v.numpy())), w @ v,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_decode_kernel_rule_follows_the_instruction_set(monkeypatch):
+    monkeypatch.setattr(kernels, "numpy_openblas", lambda: True)
+    monkeypatch.setattr(kernels, "_onednn_works", lambda dtype: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert kernels.default_decode_kernel() == "onednn"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert kernels.default_decode_kernel() == "openblas"
+    monkeypatch.setattr(kernels, "numpy_openblas", lambda: False)
+    assert kernels.default_decode_kernel() == "onednn"
+    monkeypatch.setattr(kernels, "_onednn_works", lambda dtype: False)
+    assert kernels.default_decode_kernel() == "torch"
+    # the rule leaves small float32 matrices with torch's kernel; a named kernel takes every matrix
+    assert kernels.pack_linear(torch.ones(4, 4)).kernel == "torch linear float32"
+    with pytest.raises(kernels.KernelError, match="expected onednn, openblas, torch"):
+        kernels.pack_linear(torch.ones(4, 4), "mkl")
+    with pytest.raises(kernels.KernelError, match="needs numpy built with OpenBLAS"):
+        kernels.pack_linear(torch.ones(4, 4), "openblas")
+
+
+def test_torch_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with kernels.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), kernels.torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
