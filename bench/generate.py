@@ -40,14 +40,18 @@ uses by default on this machine (float32 or bfloat16 per `--dtype auto`), or the
 
 from __future__ import annotations
 
-import argparse
-import collections
-import dataclasses
-import statistics
-import time
-from pathlib import Path
+import os
 
-import torch
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")  # as `miniglm` sets it (miniglm/__main__.py), before numpy loads
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import dataclasses  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 from miniglm.config import SampleConfig, TrainConfig, load_config
 from miniglm.device import DTYPES, cpu_prefers_bf16, resolve_dtype

@@ -7,6 +7,7 @@ Each command lives in its own small module under `miniglm/cli/`, imported only w
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> (module under miniglm.cli, one-line description)
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"miniglm: error: unknown command '{name}' (commands: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    # Before numpy (and its OpenBLAS) loads: OpenBLAS's idle threads sleep after ~2^22 cycles (about
+    # a millisecond) instead of ~0.1 s. Batch-1 decoding runs its products on them, and a thread
+    # still spinning when torch's own threads start (a prefill, a batch, training) halves their
+    # speed on a 2-core CPU (measured; see miniglm.model.kernels). The user's setting wins.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "22")
     module = importlib.import_module(f"miniglm.cli.{COMMANDS[name][0]}")
     from miniglm.cli.common import run_command
 

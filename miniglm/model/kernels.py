@@ -17,8 +17,10 @@
   bound by reading the weight), laid out once for the kernel a fixed rule picks from the CPU's
   instruction set (`default_decode_kernel`): oneDNN's blocked layout on AVX-512 and for bf16;
   on other CPUs numpy's OpenBLAS with the weight stored transposed, which reads it at 1.4-1.6x
-  oneDNN's bandwidth on an AVX2 EPYC and 2.4x torch's default BLAS (MKL). Small float32
-  matrices keep the default kernel (lower fixed cost).
+  oneDNN's bandwidth on an AVX2 EPYC and 2.4x torch's default BLAS (MKL); batches keep oneDNN.
+  OpenBLAS's threads spin ~0.1 s after each product unless OPENBLAS_THREAD_TIMEOUT says otherwise
+  when numpy loads; `miniglm` sets it to 22 (~1 ms) so they do not slow torch's threads (prefill,
+  batches) that start next. Small float32 matrices keep the default kernel (lower fixed cost).
 - `linear_cross_entropy(h, weight, targets, mask)` = `masked_cross_entropy(h @ weight.T, ...)` computed
   a chunk at a time, so the (N, V) float32 logits are never materialised: on a CPU the logits of
   a step, their softmax and its gradient cost more than all the head's matmuls.
@@ -315,10 +317,18 @@ def numpy_openblas() -> bool:
 
 
 def _openblas_linear(weight: torch.Tensor) -> LinearFn:
-    """x @ weight.T by OpenBLAS (numpy's). For one row, a matrix at least as tall as it is wide is
-    stored transposed, so the product is a sum of its rows scaled by x (streamed front to back);
-    a wider one (the MLP's down projection) as it is, one dot product per long row: on EPYC-AVX2
-    each orientation reads its shapes at 18-26 GB/s and the other at 13-19 (bench/README.md)."""
+    """One row (`row`, what batch-1 decoding calls) through OpenBLAS (numpy's); several rows (a
+    prefill, a batch) through a oneDNN-packed copy of the weight, where oneDNN runs.
+
+    For one row a matrix at least as tall as it is wide is stored transposed, so the product is a
+    sum of its rows scaled by x (streamed front to back), and a wider one (the MLP's down
+    projection) as it is, one dot product per long row: on EPYC-AVX2 each orientation reads its
+    shapes at 18-26 GB/s and the other at 13-19 (bench/README.md). Batches stay with oneDNN on
+    torch's threads: OpenBLAS's own threads and torch's would spin on the same cores, and with
+    torch on one thread beside OpenBLAS a batch of 4-16 rows decodes ~10% slower (measured). The
+    two copies cost twice the weights' memory. Without oneDNN, batches also go through OpenBLAS,
+    with torch on one thread meanwhile.
+    """
     if weight.size(1) > weight.size(0):
         stored = weight.detach().contiguous()  # (out, in)
         mat = stored.numpy().T  # (in, out) view: BLAS reads it transposed
@@ -328,12 +338,17 @@ def _openblas_linear(weight: torch.Tensor) -> LinearFn:
         mat = stored.numpy()
         row = mat.__rmatmul__
     N = weight.size(0)
+    batched = _onednn_linear(weight) if _onednn_works(torch.float32) else None
 
     def linear(x: torch.Tensor) -> torch.Tensor:
+        if batched is not None:
+            return batched(x)
         rows = x.detach().reshape(-1, x.size(-1)).contiguous().numpy()
-        return torch.from_numpy(rows @ mat).view(*x.shape[:-1], N)
+        with torch_threads(1):
+            return torch.from_numpy(rows @ mat).view(*x.shape[:-1], N)
     linear.stored = stored  # keeps the storage alive with the closures' numpy views
-    return _tag(linear, "OpenBLAS float32", stored.numel() * 4, row=row)
+    label = "OpenBLAS float32" + (" (batches: oneDNN packed)" if batched is not None else "")
+    return _tag(linear, label, stored.numel() * 4, row=row)
 
 
 @contextlib.contextmanager

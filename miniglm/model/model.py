@@ -53,7 +53,6 @@ from miniglm.model.kernels import (
     linear_cross_entropy,
     pack_linear,
     token_losses,
-    torch_threads,
 )
 
 Layout = Callable[[torch.Tensor], LinearFn]  # a weight -> its decode-time product (packed or int8)
@@ -485,17 +484,6 @@ class MiniGLM(nn.Module):
         else:  # the fused weights only for a cache made by new_cache since the weights last changed
             fused = (kv_cache is not None and kv_cache.weights_key is not None
                      and kv_cache.weights_key is self._fused_key)
-        if fused and self.fused_head.kernel.startswith("OpenBLAS"):
-            # OpenBLAS runs the products on its own threads; torch's, spinning between their
-            # parallel regions, would take the cores from it (4x slower on a 2-core CPU)
-            with torch_threads(1):
-                return self._forward(input_ids, targets, loss_mask, kv_cache, attn_mask, last_only, reduction,
-                                     cos, sin, fused)
-        return self._forward(input_ids, targets, loss_mask, kv_cache, attn_mask, last_only, reduction, cos, sin, fused)
-
-    def _forward(self, input_ids, targets, loss_mask, kv_cache, attn_mask, last_only, reduction, cos, sin, fused):
-        """forward's body once the positions and the weights to use are settled."""
-        B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         if fused:
             if cos.dtype != x.dtype:

@@ -266,22 +266,3 @@ def test_generation_leaves_the_global_rng_alone():
     run(model, PROMPTS, dataclasses.replace(GREEDY, temperature=1.0, seed=3))
     assert torch.equal(torch.get_rng_state(), state)
 
-
-@pytest.mark.skipif(not numpy_openblas(), reason="numpy is not built with OpenBLAS here")
-def test_openblas_products_run_with_torch_on_one_thread(monkeypatch):
-    """OpenBLAS has threads of its own: while its products run, torch's threads must not spin
-    on the same cores (4x slower on 2 cores); torch's count is restored after each forward."""
-    from miniglm.model.model import MLP
-
-    model = tiny_model().fuse("openblas")
-    seen = []
-    original = MLP.decode
-    monkeypatch.setattr(MLP, "decode", lambda self, x: seen.append(torch.get_num_threads()) or original(self, x))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.inference_mode():
-            model(torch.tensor([PROMPTS[0]]), kv_cache=model.new_cache(1, 16))  # prefill: the torch decode path
-        assert seen == [1] * model.config.num_hidden_layers and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)

@@ -4,6 +4,8 @@ causal attention vs `scaled_dot_product_attention` (values and gradients)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,15 +96,37 @@ def test_openblas_products_match_f_linear(shape):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(*shape, generator=g)
     fn = kernels.pack_linear(w, "openblas")
-    assert fn.kernel == "OpenBLAS float32" and fn.nbytes == w.numel() * 4
+    assert fn.kernel.startswith("OpenBLAS float32") and fn.nbytes == w.numel() * 4
     for x in (torch.randn(1, 1, shape[1], generator=g), torch.randn(3, 5, shape[1], generator=g)):
         torch.testing.assert_close(fn(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
     v = torch.randn(shape[1], generator=g)
     row = fn.row(v.numpy())
     assert row.shape == (shape[0],)
     torch.testing.assert_close(torch.from_numpy(row), F.linear(v, w), rtol=1e-5, atol=1e-5)
-    w.mul_(2)  # the decode-time weight is its own copy (or the parameter's storage): rebuilt by fuse
-    assert fn(torch.ones(1, shape[1])).shape == (1, shape[0])
+
+
+@needs_openblas
+def test_openblas_batches_go_to_onednn_or_run_torch_on_one_thread(monkeypatch):
+    """Several rows: the oneDNN copy on torch's threads where oneDNN runs; else OpenBLAS, with
+    torch's threads down to one meanwhile (they would spin on OpenBLAS's cores)."""
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(48, 32, generator=g), torch.randn(4, 32, generator=g)
+    entered = []
+
+    @contextlib.contextmanager
+    def recording(n):
+        entered.append(n)
+        yield
+    monkeypatch.setattr(kernels, "torch_threads", recording)
+    if kernels.onednn_packs(torch.device("cpu"), torch.float32):
+        torch.testing.assert_close(kernels.pack_linear(w, "openblas")(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        assert entered == []
+    monkeypatch.setattr(kernels, "_onednn_works", lambda dtype: False)
+    fn = kernels.pack_linear(w, "openblas")
+    torch.testing.assert_close(fn(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert entered == [1]
+    torch.testing.assert_close(torch.from_numpy(fn.row(x[0].numpy())), F.linear(x[0], w), rtol=1e-5, atol=1e-5)
+    assert entered == [1]  # a single row never touches torch's threads
 
 
 @pytest.mark.parametrize("kernel", kernels.DECODE_KERNELS)
