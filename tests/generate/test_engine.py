@@ -80,10 +80,13 @@ def test_fused_cached_forward_matches_plain_forward(kernel, numpy_step):
     torch.testing.assert_close(torch.cat([got, *steps], dim=1), want, rtol=1e-4, atol=1e-4)
 
 
-def test_numpy_step_runs_and_matches_the_torch_step(monkeypatch):
+@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+def test_numpy_step_runs_and_matches_the_torch_step(monkeypatch, int8):
     """Batch-1 steps take the numpy path (not the torch decode), also with positions and a mask,
-    and give the torch decode path's logits and cache contents."""
+    and give the torch decode path's logits and cache contents (int8: the same int8 products)."""
     model = tiny_model(num_key_value_heads=2)
+    if int8:
+        model.quantize("int8")
     calls = []
     original = MiniGLM.step
     monkeypatch.setattr(MiniGLM, "step", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
