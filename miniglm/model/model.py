@@ -370,8 +370,8 @@ class MiniGLM(nn.Module):
                    and self._fused_key[2] == self.quantization)
         if not current or (kernel is not None and kernel != self._fused_key[1]):
             if self.quantization is not None:
-                kernel = self.quantization[1]
-                layout: Layout = lambda w: int8_linear(w, kernel)  # noqa: E731
+                int8_kernel = self.quantization[1]
+                layout: Layout = lambda w: int8_linear(w, int8_kernel)  # noqa: E731
             else:
                 layout = lambda w: pack_linear(w, kernel)  # noqa: E731
             for layer in self.model.layers:
