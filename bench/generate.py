@@ -216,9 +216,9 @@ def profile_decode(base: MiniGLM, prompt: list[int], cfg: SampleConfig, fmt: str
         a.fused = (_Timed(a.fused[0], "qkv", spent), _Timed(a.fused[1], "o", spent))
         m.fused = (_Timed(m.fused[0], "gate_up", spent), _Timed(m.fused[1], "down", spent))
     model.fused_head = _Timed(model.fused_head, "lm_head", spent)
-    nbytes = {p["name"].rsplit(".", 1)[-1]: 0 for p in model.decode_plan()}
+    nbytes: collections.Counter = collections.Counter()
     for p in model.decode_plan():
-        nbytes[p["name"].rsplit(".", 1)[-1]] += p["bytes"]
+        nbytes[p["name"].rsplit(".", 1)[-1]] += p["bytes"]  # layers.3.qkv -> qkv
     n = cfg.max_new_tokens
     print(f"\nwhere a {fmt} token's time goes ({n} new tokens after a {len(prompt)}-token prompt; products timed "
           f"around their calls, the prefill's included):")

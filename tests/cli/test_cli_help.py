@@ -56,3 +56,17 @@ def test_unknown_command_is_one_line_exit_2(capsys):
     assert main(["nosuch"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("miniglm: error: unknown command 'nosuch'") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("given", [None, "8"], ids=["unset", "user's own"])
+def test_commands_stop_openblas_threads_spinning_unless_the_user_says(given, monkeypatch, capsys):
+    """Before a command loads numpy, `miniglm` sets OPENBLAS_THREAD_TIMEOUT=22 (idle OpenBLAS threads
+    would spin on the cores torch needs next); a value the user set stays."""
+    import os
+
+    if given is None:
+        monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", given)
+    _help(["sample"], monkeypatch, capsys)
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == (given or "22")
