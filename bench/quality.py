@@ -25,7 +25,7 @@ the preset's block_size, n_layer/n_head as the preset's, n_embd chosen so the to
 (tied embedding counted once) is the closest to MiniGLM's; no dropout (MiniGLM has none);
 vocabulary = every distinct character of the training text plus <unk>. Loop: random windows of
 block_size + 1 characters of the training parts (concatenated), batch = batch_size x
-grad_accum_steps of the preset, AdamW (lr --baseline-lr, weight decay 0.1 on all weights, betas
+grad_accum_steps of the preset (or --baseline-batch), AdamW (lr --baseline-lr, weight decay 0.1 on all weights, betas
 0.9/0.95), linear warmup over 100 steps then constant, gradient clipping at 1.0, float32,
 torch.manual_seed(--seed); it stops at the first step that ends after N minutes of wall time.
 
@@ -258,7 +258,7 @@ def run_baseline(args, shape, target_params: int, work: Path, device: torch.devi
     torch.manual_seed(args.seed)
     model = build_gpt2(len(vocab), block, layers, heads, width, args.baseline_dropout)
     params = num_params(model)
-    batch = shape.batch_size * shape.grad_accum_steps
+    batch = args.baseline_batch or shape.batch_size * shape.grad_accum_steps
     print(f"gpt2-char: {params:,} parameters (MiniGLM {target_params:,}): {layers} layers, n_embd {width}, "
           f"{heads} heads, context {block} chars, vocab {len(vocab):,} (characters of the training text + <unk>); "
           f"batch {batch}, AdamW lr {args.baseline_lr:g}, float32 on {device}", flush=True)
@@ -349,6 +349,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prepare-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a PrepareConfig override passed to `miniglm prepare` (repeatable)")
     p.add_argument("--baseline-lr", type=float, default=1e-3, help="GPT-2 learning rate (default 1e-3)")
+    p.add_argument("--baseline-batch", type=int, default=0,
+                   help="GPT-2 windows per step (default 0: MiniGLM's batch_size x grad_accum_steps)")
     p.add_argument("--baseline-dropout", type=float, default=0.0, help="GPT-2 dropout (default 0: MiniGLM has none)")
     p.add_argument("--held-chapters", type=int, default=5, help="chapters held out at the end of each novel")
     p.add_argument("--seed", type=int, default=1337, help="seed of both sides (default 1337, the trainer's)")
@@ -378,8 +380,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--set/--prepare-set take KEY=VALUE, got {kv!r}")
     if bad := [kv for kv in args.set if kv.split("=", 1)[0].lstrip("-").replace("-", "_") in FORCED]:
         p.error(f"{', '.join(bad)}: set by this script (--minutes, --out)")
-    if args.minutes <= 0 or args.held_chapters < 1:
-        p.error("--minutes must be > 0 and --held-chapters >= 1")
+    if args.minutes <= 0 or args.held_chapters < 1 or args.baseline_batch < 0:
+        p.error("--minutes must be > 0, --held-chapters >= 1 and --baseline-batch >= 0")
     return args
 
 

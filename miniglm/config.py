@@ -144,13 +144,16 @@ class TrainConfig:
     batch_size: int = opt(16, "sequences per micro-batch (per process)")
     grad_accum_steps: int = opt(1, "micro-batches per optimizer step")
     block_size: int = opt(512, "tokens per sequence (<= model.max_position_embeddings); SFT takes it from its rows")
-    learning_rate: float = opt(6e-4, "peak learning rate; 0 = the --init-from run's peak and final rates "
-                                      "(its config.json; 5e-4 and 5e-5 when it has none)")
+    learning_rate: float = opt(6e-4, "peak learning rate; 0 = the --init-from run's peak and final rates and "
+                                      "its optimizer (its config.json; 5e-4 and 5e-5 when it has none)")
     min_lr: float = opt(6e-5, "learning rate at the end of the cosine decay")
     warmup_steps: int = opt(100, "linear warmup steps")
     weight_decay: float = opt(0.1, "AdamW weight decay (matrices only)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
+    optimizer: Literal["adamw", "muon"] = opt(
+        "adamw", "adamw, or muon: Muon (torch.optim.Muon, learning rate matched to AdamW's update size) on the "
+                 "blocks' matrices and AdamW on the embedding and norm gains")
     grad_clip: float = opt(1.0, "clip the gradient norm to this; 0 = off")
     eval_interval: int = opt(200, "evaluate on val every N steps (and at the end); 0 = only at the end")
     eval_steps: int = opt(20, "val batches per evaluation; 0 = the whole validation set")

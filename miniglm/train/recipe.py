@@ -4,7 +4,7 @@
     cfg = load_config(TrainConfig, BASE_PRESET, rung.overrides())     # then --max_minutes fits the steps
 
 A budget of wall-clock minutes buys a number of training tokens, and how many depends on the
-model: on a 2-core CPU the 0.66M-parameter rung trains ~5x more tokens per second than the 5.3M
+model: on a 2-core CPU the smallest rung trains ~5x more tokens per second than the next
 one. Too big a model sees too few tokens. The rule is the compute-optimal ratio of Hoffmann et al.
 (2022, "Chinchilla"): about `TOKENS_PER_PARAM` = 20 training tokens per parameter. Train the
 largest rung of the ladder (`LADDER`, smallest first) whose measured speed buys at least that many
@@ -12,20 +12,27 @@ tokens in the budget; when none does, the smallest. Speeds are measured on this 
 optimizer steps per rung, smallest first, stopping at the first rung that falls short, since bigger
 ones are slower and need more tokens), never assumed, so the same budget picks a bigger model on a
 faster machine: on a 2-core AVX2 CPU the smallest rung is the answer for any budget under hours
-(the next one needs 105M tokens at ~2,100 tokens/s there). The rule counts tokens trained, not
+(the next one, 7.3M parameters, needs 146M tokens). The rule counts tokens trained, not
 distinct ones, so it does not weigh a small corpus read many times over.
 
 `bench/sweep.py` checks the rule on this corpus (held-out bits/char of the Four Classic Novels
 against minutes, for each rung; table in bench/README.md): on the 2-core AVX2 EPYC the smallest
 rung beat the 8x larger one at every budget compared (2, 6, 10 and 30 minutes: by 0.09, 0.41, 0.39
-and 0.14 bits/char); at 6 minutes it beat the larger rung's 10-minute result too. The ladder ties the vocabulary to the
-width, so the embedding matrix stays under half of the parameters (on tiny budgets a 16k
-vocabulary would spend most parameters and most of the head's FLOPs on embeddings). Learning
-rates: xs's was measured (6 minutes on EPYC-AVX2, held-out bits/char: 6e-3 6.944, 3e-3 6.850,
-1.5e-3 6.659, 7.5e-4 6.645 with 20% more steps in that run), so 1.5e-3; the larger rungs' fall with
-the width from `small`'s 2e-3, which beat 4e-3 (lower rates not measured for them). Every rung trains on batches of 8 windows of 128 tokens: at
-these budgets more, smaller steps win (bench/README.md: batch 8 beat 16 by 0.38 bits/char at 3
-minutes).
+and 0.14 bits/char); at 6 minutes it beat the larger rung's 10-minute result too. The ladder ties the
+vocabulary to the width, so the LM head stays under half of a token's FLOPs (on tiny budgets a 16k
+vocabulary would spend most parameters and most FLOPs on it).
+
+How every rung trains (measured on xs, 3 minutes on EPYC-AVX2, held-out bits/char; bench/README.md):
+- `OPTIMIZER` Muon on the blocks' matrices (`miniglm.train.step.Muon`), AdamW on the rest: 7.068 with
+  AdamW at its best rate -> 6.834-6.848 with Muon at 3e-3 to 1.2e-2, despite ~20% fewer steps
+  (Newton-Schulz costs ~0.02 s of a 0.1 s step here). xs takes 6e-3, the middle of that flat
+  optimum; the larger rungs keep the AdamW rates measured before (2e-3 for `s` beat 4e-3), which
+  Muon's AdamW-matched update size is meant to carry over (not measured with Muon).
+- `BATCH_SIZE` 16 windows of `BLOCK_SIZE` 128 tokens: with Muon 16 beat 8 (6.766 vs 6.834) and tied
+  with 32 (6.641 vs 6.645 with the untied head); with AdamW 8 had beaten 16. 256-token windows lost
+  (6.673 for 8 x 256, 6.702 for 16 x 256).
+- `TIED` False, a separate LM head: more parameters for the same FLOPs, and the embedding's gradient
+  is dense (a tied one took the slower sparse path): 6.766 -> 6.641 at batch 16, with 23% more steps.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from dataclasses import dataclass
 
 TOKENS_PER_PARAM = 20.0  # Hoffmann et al. 2022
 BASE_PRESET = "small"  # every other field (warmup, evaluation, checkpoints) comes from this preset
-BATCH_SIZE, BLOCK_SIZE = 8, 128
+BATCH_SIZE, BLOCK_SIZE = 16, 128
+OPTIMIZER = "muon"
+TIED = False  # a separate LM head: more parameters for no more FLOPs, and a dense (faster) embedding gradient
 
 
 @dataclass(frozen=True)
@@ -51,19 +60,21 @@ class Rung:
     learning_rate: float
 
     def params(self, vocab: int | None = None) -> int:
-        """Parameters of this shape (tied embedding counted once), as `MiniGLM.num_params`."""
+        """Parameters of this shape (a tied embedding counted once), as `MiniGLM.num_params`."""
         v, h = vocab or self.vocab, self.hidden
         block = 4 * h * h + 3 * h * self.intermediate + 2 * h  # q, k, v, o; gate, up, down; two norms
-        return v * h + self.layers * block + h
+        return (1 if TIED else 2) * v * h + self.layers * block + h
 
     def overrides(self, vocab: int | None = None) -> list[str]:
         """`key=value` TrainConfig overrides (as `load_config` and `miniglm train --key=value` take them)."""
         fields = {"model.num_hidden_layers": self.layers, "model.hidden_size": self.hidden,
                 "model.num_attention_heads": self.heads, "model.num_key_value_heads": self.heads,
                 "model.intermediate_size": self.intermediate, "model.max_position_embeddings": BLOCK_SIZE,
-                "model.vocab_size": vocab or self.vocab, "block_size": BLOCK_SIZE, "batch_size": BATCH_SIZE,
-                "grad_accum_steps": 1, "learning_rate": self.learning_rate, "min_lr": self.learning_rate / 10}
-        return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()]
+                "model.vocab_size": vocab or self.vocab, "model.tie_word_embeddings": TIED,
+                "block_size": BLOCK_SIZE, "batch_size": BATCH_SIZE, "grad_accum_steps": 1, "optimizer": OPTIMIZER,
+                "learning_rate": self.learning_rate, "min_lr": self.learning_rate / 10}
+        return [f"{k}={v:g}" if isinstance(v, float) else f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                for k, v in fields.items()]
 
     def describe(self, vocab: int | None = None) -> str:
         return (f"{self.name}: {self.layers} layers, hidden {self.hidden}, vocab {vocab or self.vocab}, "
@@ -71,7 +82,7 @@ class Rung:
 
 
 LADDER = (
-    Rung("xs", 2, 128, 4, 352, 2000, 1.5e-3),  # measured: see the module docstring
+    Rung("xs", 2, 128, 4, 352, 2000, 6e-3),  # measured: see the module docstring
     Rung("s", 4, 256, 4, 704, 8000, 2e-3),
     Rung("m", 6, 384, 6, 1024, 8000, 1.5e-3),
     Rung("l", 6, 512, 8, 1408, 16000, 1e-3),

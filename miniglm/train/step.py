@@ -1,4 +1,5 @@
-"""One optimizer step: AdamW with decay on matrices, the warmup + cosine schedule, and `Stepper`.
+"""One optimizer step: AdamW with decay on matrices (or Muon on the blocks' matrices and AdamW on the
+rest, `optimizer = "muon"`), the warmup + cosine schedule, and `Stepper`.
 
 `Stepper.step` runs `accum` micro-batches (forward under autocast, backward; DDP all-reduces only
 on the last one, thanks to `no_sync`), clips the gradient norm, and leaves the update to `apply`,
@@ -16,13 +17,96 @@ import torch
 from miniglm.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (>= 2-D: linear weights, embedding) and none on norm gains."""
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices (>= 2-D: linear weights, embedding) and none on norm gains;
+    with `cfg.optimizer == "muon"`, Muon takes the matrices inside the blocks instead."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     fused = device.type in ("cuda", "cpu")  # one kernel per step instead of one per tensor
+    matrices = [p for p in params if p.dim() >= 2]
+    gains = [p for p in params if p.dim() < 2]
+    if cfg.optimizer == "muon":  # the blocks' matrices; the embedding and an untied head stay with AdamW
+        blocks = {id(p) for name, p in model.named_parameters() if ".layers." in name and p.dim() == 2}
+        adamw = torch.optim.AdamW([{"params": [p for p in matrices if id(p) not in blocks], "weight_decay": cfg.weight_decay},
+                                   {"params": gains, "weight_decay": 0.0}],
+                                  lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+        muon = Muon([p for p in matrices if id(p) in blocks], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return Optimizers(adamw, muon)
+    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024) for 2-D weights: Nesterov momentum, then the update orthogonalized by
+    five quintic Newton-Schulz steps and scaled by 0.2·sqrt(max(rows, cols)) so that AdamW's
+    learning rate and weight decay carry over (Liu et al. 2025, "Muon is Scalable for LLM Training").
+
+    The update is `torch.optim.Muon(adjust_lr_fn="match_rms_adamw")`'s, but Newton-Schulz runs in the
+    weights' own dtype: torch's runs it in bfloat16, which CPUs without native bf16 emulate at under
+    1 GFLOP/s (a 0.66M-parameter model's step took 0.56 s instead of 0.10 s on a 2-core AVX2 CPU)."""
+
+    NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+    NS_STEPS = 5
+
+    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+
+    @staticmethod
+    def orthogonalize(updates: torch.Tensor) -> torch.Tensor:
+        """Newton-Schulz on a stack (k, rows, cols) of updates with rows <= cols, each scaled to norm 1 first."""
+        a, b, c = Muon.NS_COEFFICIENTS
+        x = updates / updates.norm(dim=(1, 2), keepdim=True).clamp(min=1e-7)
+        for _ in range(Muon.NS_STEPS):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return x
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, decay, mom = group["lr"], group["weight_decay"], group["momentum"]
+            wide: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor, bool]]] = {}  # shape -> (param, update, transposed)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - mom)
+                update, tall = p.grad.lerp(buf, mom), p.size(0) > p.size(1)
+                update = update.T if tall else update
+                wide.setdefault(update.shape, []).append((p, update, tall))
+            for shape, items in wide.items():  # one batched Newton-Schulz per shape: fewer, larger products
+                ortho = self.orthogonalize(torch.stack([u for _, u, _ in items]))
+                for (p, _, tall), o in zip(items, ortho):
+                    p.mul_(1 - lr * decay)
+                    p.add_(o.T if tall else o, alpha=-lr * 0.2 * math.sqrt(max(shape)))
+
+
+class Optimizers:
+    """Several optimizers over disjoint parameters, driven as one (step, zero_grad, param_groups, state)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state.get("optimizers", ())) != len(self.optimizers):
+            raise ValueError(f"optimizer state holds {len(state.get('optimizers', ()))} optimizers, "
+                             f"this run has {len(self.optimizers)}")
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -165,7 +165,8 @@ FALLBACK_SFT_RATES = (5e-4, 5e-5)  # learning_rate = 0 from a checkpoint without
 
 
 def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[..., None]) -> TrainConfig:
-    """learning_rate = 0 (the sft preset's): the peak and final rates of the --init-from run.
+    """learning_rate = 0 (the sft preset's): the peak and final rates of the --init-from run, and the
+    optimizer they were set for (a Muon rate is not an AdamW one).
 
     Fine-tuning a small model pretrained for minutes at the rate it was pretrained with fitted the
     held-out answers better than a quarter of it (bench/README.md, "Answers after SFT"), and a
@@ -180,17 +181,20 @@ def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[.
         try:
             saved_cfg = json.loads(saved.read_text(encoding="utf-8"))
             rates = float(saved_cfg["learning_rate"]), float(saved_cfg["min_lr"])
+            optimizer = saved_cfg.get("optimizer", "adamw")  # runs from before the choice existed used AdamW
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{saved}: no learning_rate/min_lr to take for learning_rate = 0 ({e}); "
                             "set --learning_rate") from None
         if not 0 <= rates[1] <= rates[0] or rates[0] <= 0:
             raise DataError(f"{saved}: learning_rate {rates[0]}, min_lr {rates[1]}: not usable; set --learning_rate")
-        say(f"learning rate: {rates[0]:g} -> {rates[1]:g}, the --init-from run's ({saved})")
+        if optimizer not in ("adamw", "muon"):
+            raise DataError(f"{saved}: optimizer {optimizer!r}: not one of adamw, muon; set --learning_rate")
+        say(f"learning rate: {rates[0]:g} -> {rates[1]:g} with {optimizer}, the --init-from run's ({saved})")
     else:
-        rates = FALLBACK_SFT_RATES
+        rates, optimizer = FALLBACK_SFT_RATES, cfg.optimizer
         say(f"learning rate: {rates[0]:g} -> {rates[1]:g} (--init-from {cfg.init_from} has no training config "
             "to take them from)")
-    return replace(cfg, learning_rate=rates[0], min_lr=rates[1])
+    return replace(cfg, learning_rate=rates[0], min_lr=rates[1], optimizer=optimizer)
 
 
 def fit_to_data(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
@@ -258,7 +262,11 @@ class Run:
         self.progress, state = Progress(), {}
         if resume:
             state = ckpt.load_state(source)
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (KeyError, ValueError) as e:
+                raise ckpt.CheckpointError(f"{source}: its optimizer state does not fit optimizer = "
+                                           f"{self.cfg.optimizer} ({e}); resume with the run's own optimizer") from None
             self.batches.load_state_dict(state["loader"])
             set_rng_state(state["rng"])
             self.progress = Progress(state.get("step", 0), state.get("best_val_loss"), state.get("interval_loss", 0.0),

@@ -21,7 +21,7 @@ from miniglm.data import DataError, loader, store
 from miniglm.errors import UserError
 from miniglm.model import model as model_module
 from miniglm.train.run import read_metrics
-from miniglm.train.step import build_optimizer, lr_at
+from miniglm.train.step import Muon, Optimizers, build_optimizer, lr_at
 from miniglm.train.trainer import TrainingDiverged, train
 
 
@@ -63,6 +63,45 @@ def test_weight_decay_only_on_matrices():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    from miniglm.config import ModelConfig
+    from miniglm.model.model import MiniGLM
+
+    for tied in (True, False):
+        m = MiniGLM(ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=16, tie_word_embeddings=tied))
+        opt = build_optimizer(m, load_config(TrainConfig, overrides={"optimizer": "muon"}), torch.device("cpu"))
+        assert isinstance(opt, Optimizers)
+        adamw, muon = opt.optimizers
+        names = {id(p): n for n, p in m.named_parameters()}
+        in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+        assert isinstance(muon, Muon) and in_muon == {n for n, p in m.named_parameters()
+                                                      if ".layers." in n and p.dim() == 2}
+        in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+        assert in_adamw.isdisjoint(in_muon) and in_adamw | in_muon == set(names.values())
+        assert ("lm_head.weight" in in_adamw) == (not tied) and "model.embed_tokens.weight" in in_adamw
+
+
+def test_muon_update_is_torchs_muon_in_float32():
+    """The same step as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), up to its bfloat16 Newton-Schulz."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(24, 24), (24, 24), (40, 24), (24, 40)]  # stacked by shape, tall ones transposed
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    a = Muon(ours, lr=0.02, weight_decay=0.1)
+    b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(3):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q, p0 in zip(ours, theirs, start):
+        moved = (q.detach() - p0).norm()
+        assert moved > 0.01 and (p.detach() - q.detach()).norm() < 0.02 * moved
 
 
 # --------------------------------------------------------------------------- batches
@@ -168,8 +207,10 @@ def test_whole_validation_set_when_eval_steps_is_zero(data, tmp_path):
     assert losses(tmp_path / "run", "eval", "val_tokens") == [(2, (val_tokens - 1) // 32 * 32)]
 
 
-def test_resume_reproduces_the_uninterrupted_run_exactly(data, tmp_path):
-    kw = dict(max_steps=200, log_interval=7, eval_interval=50, checkpoint_interval=30, batch_size=2, block_size=16)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_reproduces_the_uninterrupted_run_exactly(data, tmp_path, optimizer):
+    kw = dict(max_steps=200, log_interval=7, eval_interval=50, checkpoint_interval=30, batch_size=2, block_size=16,
+              optimizer=optimizer)
     train(tiny_config(data, tmp_path / "full", **kw))
     first = train(tiny_config(data, tmp_path / "split", **kw), stop_after=lambda step: step == 100)
     assert first["step"] == 100 and first["interrupted"] == "stop_after"
@@ -182,6 +223,10 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(data, tmp_path):
     a = ckpt.load_checkpoint(tmp_path / "full", which="latest").model.state_dict()
     b = ckpt.load_checkpoint(tmp_path / "split", which="latest").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+    other = "adamw" if optimizer == "muon" else "muon"  # the state of one optimizer is not the other's
+    with pytest.raises(ckpt.CheckpointError, match=f"optimizer state does not fit optimizer = {other}"):
+        train(tiny_config(data, tmp_path / "split", **{**kw, "max_steps": 210, "optimizer": other}), resume=True)
 
 
 def test_sigint_saves_a_checkpoint_and_stops(data, tmp_path):
@@ -232,12 +277,13 @@ def test_sft_mode_from_a_pretrained_run(data, sft_data, tmp_path):
 def test_sft_learning_rate_zero_takes_the_pretrained_runs_rates(data, sft_data, tmp_path, capsys):
     import shutil
 
-    train(tiny_config(data, tmp_path / "pre", max_steps=4, learning_rate=2.5e-3, min_lr=2.5e-4))
+    train(tiny_config(data, tmp_path / "pre", max_steps=4, learning_rate=2.5e-3, min_lr=2.5e-4, optimizer="muon"))
     train(tiny_config(sft_data, tmp_path / "sft", mode="sft", init_from=str(tmp_path / "pre"), max_steps=2,
                       learning_rate=0, min_lr=0, eval_interval=0))
     saved = json.loads((tmp_path / "sft" / "config.json").read_text())
-    assert (saved["learning_rate"], saved["min_lr"]) == (2.5e-3, 2.5e-4)  # recorded resolved, so --resume keeps them
-    assert "the --init-from run's" in capsys.readouterr().out
+    # recorded resolved, so --resume keeps them; the rates come with the optimizer they were set for
+    assert (saved["learning_rate"], saved["min_lr"], saved["optimizer"]) == (2.5e-3, 2.5e-4, "muon")
+    assert "with muon, the --init-from run's" in capsys.readouterr().out
     train_lrs = [r["lr"] for r in read_metrics(tmp_path / "sft" / "metrics.jsonl") if r["type"] == "train"]
     assert max(train_lrs) <= 2.5e-3 and train_lrs
 
@@ -247,8 +293,14 @@ def test_sft_learning_rate_zero_takes_the_pretrained_runs_rates(data, sft_data, 
     train(tiny_config(sft_data, tmp_path / "sft2", mode="sft", init_from=str(bare), max_steps=2, learning_rate=0,
                       min_lr=0, eval_interval=0))
     saved = json.loads((tmp_path / "sft2" / "config.json").read_text())
-    assert (saved["learning_rate"], saved["min_lr"]) == (5e-4, 5e-5)
+    assert (saved["learning_rate"], saved["min_lr"], saved["optimizer"]) == (5e-4, 5e-5, "adamw")
     assert "has no training config" in capsys.readouterr().out
+
+    pre = json.loads((tmp_path / "pre" / "config.json").read_text())
+    (tmp_path / "pre" / "config.json").write_text(json.dumps({**pre, "optimizer": "lion"}))
+    with pytest.raises(DataError, match=r"pre/config.json: optimizer 'lion': not one of adamw, muon"):
+        train(tiny_config(sft_data, tmp_path / "sft4", mode="sft", init_from=str(tmp_path / "pre"), max_steps=2,
+                          learning_rate=0, min_lr=0, eval_interval=0))
 
     (tmp_path / "pre" / "config.json").write_text('{"learning_rate": "fast"}')  # a run config that says no rate
     with pytest.raises(DataError, match=r"pre/config.json: no learning_rate/min_lr to take .* set --learning_rate"):
