@@ -125,6 +125,21 @@ def test_llama_cpp_graph_on_the_file_gives_miniglm_logits(files, run_dir, tokeni
     assert (got.argmax(-1) == want.argmax(-1)).mean() > (0.999 if dtype == "f32" else 0.85)
 
 
+def test_a_separate_lm_head_is_written_as_output_and_used(tmp_path, tokenizer):
+    """The budget recipe trains untied heads: the file carries `output.weight`, and the graph uses it."""
+    from conftest import make_run
+
+    run = make_run(tmp_path, tokenizer, seed=2, tie_word_embeddings=False)
+    meta, tensors = read_gguf(export_gguf(load_source(run), tmp_path / "untied.gguf", dtype="f32"))
+    model = load_checkpoint(run).model
+    assert torch.equal(torch.from_numpy(tensors["output.weight"][0]), model.lm_head.weight.detach())
+    assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    ids = tokenizer.encode("问：林冲是谁？\n答：豹子头。")
+    with torch.no_grad():
+        want = model(torch.tensor([ids]))[0][0].double().numpy()
+    np.testing.assert_allclose(llama_cpp_reference(meta, tensors, ids), want, atol=1e-4, rtol=0)
+
+
 def test_tokenizers_llama_cpp_would_split_differently_are_refused(tokenizer):
     with_normalizer = Tokenizer(HFTokenizer.from_str(tokenizer.hf.to_str()))
     with_normalizer.hf.normalizer = normalizers.NFKC()

@@ -25,13 +25,12 @@ def test_a_rung_builds_the_model_it_describes(rung):
         assert cfg.learning_rate == rung.learning_rate and cfg.min_lr == pytest.approx(rung.learning_rate / 10)
 
 
-def test_the_ladder_grows_and_keeps_the_head_a_minority_of_the_flops():
+def test_the_ladder_grows_in_parameters_width_and_vocabulary():
     sizes = [r.params() for r in recipe.LADDER]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
-    for r in recipe.LADDER:  # the input embedding is a lookup; the head is a product like the blocks'
-        head = r.vocab * r.hidden
-        blocks = r.params() - head * (1 if recipe.TIED else 2)
-        assert head / (head + blocks) < 0.5, r.name
+    for field in ("hidden", "vocab"):
+        values = [getattr(r, field) for r in recipe.LADDER]
+        assert values == sorted(values), field
 
 
 def test_choose_takes_the_largest_rung_that_gets_enough_tokens(monkeypatch):
