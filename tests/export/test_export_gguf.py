@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_run
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers, pre_tokenizers
 
@@ -127,8 +128,6 @@ def test_llama_cpp_graph_on_the_file_gives_miniglm_logits(files, run_dir, tokeni
 
 def test_a_separate_lm_head_is_written_as_output_and_used(tmp_path, tokenizer):
     """The budget recipe trains untied heads: the file carries `output.weight`, and the graph uses it."""
-    from conftest import make_run
-
     run = make_run(tmp_path, tokenizer, seed=2, tie_word_embeddings=False)
     meta, tensors = read_gguf(export_gguf(load_source(run), tmp_path / "untied.gguf", dtype="f32"))
     model = load_checkpoint(run).model
