@@ -152,8 +152,8 @@ class TrainConfig:
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
     optimizer: Literal["adamw", "muon"] = opt(
-        "adamw", "adamw, or muon: Muon (torch.optim.Muon, learning rate matched to AdamW's update size) on the "
-                 "blocks' matrices and AdamW on the embedding and norm gains")
+        "adamw", "adamw, or muon: Muon (miniglm.train.step.Muon, update scaled to AdamW's size, so the same "
+                 "learning rate) on the blocks' matrices and AdamW on the embedding, head and norm gains")
     grad_clip: float = opt(1.0, "clip the gradient norm to this; 0 = off")
     eval_interval: int = opt(200, "evaluate on val every N steps (and at the end); 0 = only at the end")
     eval_steps: int = opt(20, "val batches per evaluation; 0 = the whole validation set")

@@ -81,7 +81,7 @@ class Muon(torch.optim.Optimizer):
 
 
 class Optimizers:
-    """Several optimizers over disjoint parameters, driven as one (step, zero_grad, param_groups, state)."""
+    """Several optimizers over disjoint parameters, driven as one (step, zero_grad, param_groups, state_dict)."""
 
     def __init__(self, *optimizers: torch.optim.Optimizer):
         self.optimizers = optimizers

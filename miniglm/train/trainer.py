@@ -29,6 +29,7 @@ import json
 import math
 import signal
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -187,8 +188,8 @@ def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[.
                             "set --learning_rate") from None
         if not 0 <= rates[1] <= rates[0] or rates[0] <= 0:
             raise DataError(f"{saved}: learning_rate {rates[0]}, min_lr {rates[1]}: not usable; set --learning_rate")
-        if optimizer not in ("adamw", "muon"):
-            raise DataError(f"{saved}: optimizer {optimizer!r}: not one of adamw, muon; set --learning_rate")
+        if optimizer not in (known := typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])):
+            raise DataError(f"{saved}: optimizer {optimizer!r}: not one of {', '.join(known)}; set --learning_rate")
         say(f"learning rate: {rates[0]:g} -> {rates[1]:g} with {optimizer}, the --init-from run's ({saved})")
     else:
         rates, optimizer = FALLBACK_SFT_RATES, cfg.optimizer
