@@ -154,6 +154,9 @@ class TrainConfig:
     optimizer: Literal["adamw", "muon"] = opt(
         "adamw", "adamw, or muon: Muon (miniglm.train.step.Muon, update scaled to AdamW's size, so the same "
                  "learning rate) on the blocks' matrices and AdamW on the embedding, head and norm gains")
+    adamw_lr_scale: float = opt(
+        1.0, "with optimizer = muon: the AdamW side's learning rate (embedding, LM head, norm gains) as a "
+             "multiple of learning_rate (Muon's), at every step of the schedule")
     grad_clip: float = opt(1.0, "clip the gradient norm to this; 0 = off")
     eval_interval: int = opt(200, "evaluate on val every N steps (and at the end); 0 = only at the end")
     eval_steps: int = opt(20, "val batches per evaluation; 0 = the whole validation set")
@@ -183,6 +186,9 @@ class TrainConfig:
                  f"must be > 0 (or 0 with init_from: that run's rate), got {self.learning_rate}")
         _require(0 <= self.min_lr <= self.learning_rate or self.learning_rate == 0, "min_lr",
                  "must be in [0, learning_rate]")
+        _require(self.adamw_lr_scale > 0, "adamw_lr_scale", f"must be > 0, got {self.adamw_lr_scale}")
+        _require(self.adamw_lr_scale == 1 or self.optimizer == "muon", "adamw_lr_scale",
+                 f"{self.adamw_lr_scale:g} applies to optimizer = muon only (with adamw, set learning_rate)")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
         _require(self.block_size <= self.model.max_position_embeddings, "block_size",
                  f"{self.block_size} exceeds model.max_position_embeddings={self.model.max_position_embeddings}")

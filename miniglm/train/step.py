@@ -19,16 +19,19 @@ from miniglm.config import TrainConfig
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices (>= 2-D: linear weights, embedding) and none on norm gains;
-    with `cfg.optimizer == "muon"`, Muon takes the matrices inside the blocks instead."""
+    with `cfg.optimizer == "muon"`, Muon takes the matrices inside the blocks instead, and the AdamW
+    side learns at `cfg.adamw_lr_scale` times the scheduled rate (its groups' "lr_scale")."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type in ("cuda", "cpu")  # one kernel per step instead of one per tensor
     matrices = [p for p in params if p.dim() >= 2]
     gains = [p for p in params if p.dim() < 2]
     if cfg.optimizer == "muon":  # the blocks' matrices; the embedding and an untied head stay with AdamW
         blocks = {id(p) for name, p in model.named_parameters() if ".layers." in name and p.dim() == 2}
-        adamw = torch.optim.AdamW([{"params": [p for p in matrices if id(p) not in blocks], "weight_decay": cfg.weight_decay},
-                                   {"params": gains, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+        scale = cfg.adamw_lr_scale
+        adamw = torch.optim.AdamW([{"params": [p for p in matrices if id(p) not in blocks],
+                                    "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                                   {"params": gains, "weight_decay": 0.0, "lr_scale": scale}],
+                                  lr=cfg.learning_rate * scale, betas=(cfg.beta1, cfg.beta2), fused=fused)
         muon = Muon([p for p in matrices if id(p) in blocks], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         return Optimizers(adamw, muon)
     groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": gains, "weight_decay": 0.0}]
@@ -106,7 +109,11 @@ class Optimizers:
             raise ValueError(f"optimizer state holds {len(state.get('optimizers', ()))} optimizers, "
                              f"this run has {len(self.optimizers)}")
         for o, s in zip(self.optimizers, state["optimizers"]):
+            scales = [g.get("lr_scale") for g in o.param_groups]
             o.load_state_dict(s)
+            for g, scale in zip(o.param_groups, scales):  # this run's rates, not the saved run's
+                if scale is not None:
+                    g["lr_scale"] = scale
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -131,9 +138,10 @@ class Stepper:
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def step(self, batches, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward/backward `accum` micro-batches, clip, update; (mean loss, grad norm) as tensors."""
+        """Forward/backward `accum` micro-batches, clip, update; (mean loss, grad norm) as tensors.
+        `lr` is the schedule's rate; a group with an "lr_scale" (Muon's AdamW side) takes that multiple."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             x, y, mask = next(batches)

@@ -167,7 +167,7 @@ FALLBACK_SFT_RATES = (5e-4, 5e-5)  # learning_rate = 0 from a checkpoint without
 
 def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[..., None]) -> TrainConfig:
     """learning_rate = 0 (the sft preset's): the peak and final rates of the --init-from run, and the
-    optimizer they were set for (a Muon rate is not an AdamW one).
+    optimizer they were set for (a Muon rate is not an AdamW one), with its AdamW side's scale.
 
     Fine-tuning a small model pretrained for minutes at the rate it was pretrained with fitted the
     held-out answers better than a quarter of it (bench/README.md, "Answers after SFT"), and a
@@ -183,19 +183,23 @@ def inherit_learning_rate(cfg: TrainConfig, source: Path | None, say: Callable[.
             saved_cfg = json.loads(saved.read_text(encoding="utf-8"))
             rates = float(saved_cfg["learning_rate"]), float(saved_cfg["min_lr"])
             optimizer = saved_cfg.get("optimizer", "adamw")  # runs from before the choice existed used AdamW
+            scale = float(saved_cfg.get("adamw_lr_scale", 1.0))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{saved}: no learning_rate/min_lr to take for learning_rate = 0 ({e}); "
                             "set --learning_rate") from None
-        if not 0 <= rates[1] <= rates[0] or rates[0] <= 0:
-            raise DataError(f"{saved}: learning_rate {rates[0]}, min_lr {rates[1]}: not usable; set --learning_rate")
+        if not 0 <= rates[1] <= rates[0] or rates[0] <= 0 or scale <= 0:
+            raise DataError(f"{saved}: learning_rate {rates[0]}, min_lr {rates[1]}, adamw_lr_scale {scale}: "
+                            "not usable; set --learning_rate")
         if optimizer not in (known := typing.get_args(typing.get_type_hints(TrainConfig)["optimizer"])):
             raise DataError(f"{saved}: optimizer {optimizer!r}: not one of {', '.join(known)}; set --learning_rate")
-        say(f"learning rate: {rates[0]:g} -> {rates[1]:g} with {optimizer}, the --init-from run's ({saved})")
+        side = f" (AdamW side x{scale:g})" if scale != 1 else ""
+        say(f"learning rate: {rates[0]:g} -> {rates[1]:g} with {optimizer}{side}, the --init-from run's ({saved})")
     else:
-        rates, optimizer = FALLBACK_SFT_RATES, cfg.optimizer
+        rates, optimizer, scale = FALLBACK_SFT_RATES, cfg.optimizer, cfg.adamw_lr_scale
         say(f"learning rate: {rates[0]:g} -> {rates[1]:g} (--init-from {cfg.init_from} has no training config "
             "to take them from)")
-    return replace(cfg, learning_rate=rates[0], min_lr=rates[1], optimizer=optimizer)
+    return replace(cfg, learning_rate=rates[0], min_lr=rates[1], optimizer=optimizer,
+                   adamw_lr_scale=scale if optimizer == "muon" else 1.0)
 
 
 def fit_to_data(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:

@@ -21,7 +21,7 @@ def test_a_rung_builds_the_model_it_describes(rung):
         cfg = load_config(TrainConfig, recipe.BASE_PRESET, rung.overrides(vocab))
         assert MiniGLM(cfg.model).num_params() == rung.params(vocab)
         assert (cfg.batch_size, cfg.block_size, cfg.model.max_position_embeddings) == (16, 128, 128)
-        assert (cfg.optimizer, cfg.model.tie_word_embeddings) == ("muon", False)
+        assert (cfg.optimizer, cfg.model.tie_word_embeddings, cfg.adamw_lr_scale) == ("muon", False, 2.0)
         assert cfg.learning_rate == rung.learning_rate and cfg.min_lr == pytest.approx(rung.learning_rate / 10)
 
 

@@ -84,6 +84,33 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
         assert ("lm_head.weight" in in_adamw) == (not tied) and "model.embed_tokens.weight" in in_adamw
 
 
+def test_muons_adamw_side_learns_at_its_scale_of_the_scheduled_rate():
+    from miniglm.config import ConfigError, ModelConfig
+    from miniglm.model.model import MiniGLM
+    from miniglm.train.step import Stepper
+
+    m = MiniGLM(ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16, tie_word_embeddings=False))
+    cfg = load_config(TrainConfig, overrides={"optimizer": "muon", "adamw_lr_scale": 2.5})
+    opt = build_optimizer(m, cfg, torch.device("cpu"))
+    stepper = Stepper(m, opt, torch.device("cpu"), torch.float32, 1, 1.0)
+    x = torch.randint(0, 50, (2, 9))
+    stepper.step(iter([(x[:, :-1], x[:, 1:], None)]), 1e-3)
+    adamw, muon = opt.optimizers
+    assert [g["lr"] for g in adamw.param_groups] == [pytest.approx(2.5e-3)] * 2
+    assert [g["lr"] for g in muon.param_groups] == [1e-3]
+    # a resumed run keeps its own scale, not the one saved with the optimizer state
+    other = build_optimizer(m, load_config(TrainConfig, overrides={"optimizer": "muon", "adamw_lr_scale": 4}),
+                            torch.device("cpu"))
+    other.load_state_dict(opt.state_dict())
+    assert [g["lr_scale"] for g in other.optimizers[0].param_groups] == [4, 4]
+    for bad, message in ((0, "must be > 0"), (-1, "must be > 0")):
+        with pytest.raises(ConfigError, match=f"adamw_lr_scale: {message}"):
+            load_config(TrainConfig, overrides={"optimizer": "muon", "adamw_lr_scale": bad})
+    with pytest.raises(ConfigError, match="adamw_lr_scale: 2 applies to optimizer = muon only"):
+        load_config(TrainConfig, overrides={"adamw_lr_scale": 2})
+
+
 def test_muon_update_is_torchs_muon_in_float32():
     """The same step as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), up to its bfloat16 Newton-Schulz."""
     gen = torch.Generator().manual_seed(0)
@@ -277,13 +304,15 @@ def test_sft_mode_from_a_pretrained_run(data, sft_data, tmp_path):
 def test_sft_learning_rate_zero_takes_the_pretrained_runs_rates(data, sft_data, tmp_path, capsys):
     import shutil
 
-    train(tiny_config(data, tmp_path / "pre", max_steps=4, learning_rate=2.5e-3, min_lr=2.5e-4, optimizer="muon"))
+    train(tiny_config(data, tmp_path / "pre", max_steps=4, learning_rate=2.5e-3, min_lr=2.5e-4, optimizer="muon",
+                      adamw_lr_scale=2))
     train(tiny_config(sft_data, tmp_path / "sft", mode="sft", init_from=str(tmp_path / "pre"), max_steps=2,
                       learning_rate=0, min_lr=0, eval_interval=0))
     saved = json.loads((tmp_path / "sft" / "config.json").read_text())
     # recorded resolved, so --resume keeps them; the rates come with the optimizer they were set for
-    assert (saved["learning_rate"], saved["min_lr"], saved["optimizer"]) == (2.5e-3, 2.5e-4, "muon")
-    assert "with muon, the --init-from run's" in capsys.readouterr().out
+    assert (saved["learning_rate"], saved["min_lr"], saved["optimizer"], saved["adamw_lr_scale"]) == (
+        2.5e-3, 2.5e-4, "muon", 2)
+    assert "with muon (AdamW side x2), the --init-from run's" in capsys.readouterr().out
     train_lrs = [r["lr"] for r in read_metrics(tmp_path / "sft" / "metrics.jsonl") if r["type"] == "train"]
     assert max(train_lrs) <= 2.5e-3 and train_lrs
 
