@@ -65,9 +65,19 @@ def test_choose_grows_with_the_budget():
     def speed(r):
         return 1e9 / r.params()
 
-    # 20 tokens per parameter: N^2 <= 5e7 x seconds, so t2 (30k) from 18 s, t3 (101k) from 206 s
-    picked = [recipe.choose(s, speed, ladder=TINY_LADDER)[0].name for s in (1, 10, 100, 1000)]
-    assert picked == ["t1", "t1", "t2", "t3"]
+    # 2 tokens per parameter: N^2 <= 5e8 x seconds, so t2 (40k) from 3.2 s, t3 (121k) from 29 s
+    picked = [recipe.choose(s, speed, ladder=TINY_LADDER)[0].name for s in (1, 10, 100)]
+    assert picked == ["t1", "t2", "t3"]
+
+
+def test_the_fitted_ratio_picks_the_rung_that_won_on_the_novels():
+    # tokens/s of the 10-minute runs behind TOKENS_PER_PARAM (EPYC-AVX2, 2026-12-04; bench/README.md):
+    # held-out bits/char xs 6.058, s 5.954, m 6.138 at 10 minutes; s 5.904, m 5.949 at 30 (a slower hour)
+    ten = {"xs": 14_790_656 / 600, "s": 6_586_368 / 600, "m": 3_016_704 / 600}
+    thirty = {"xs": ten["xs"], "s": 17_950_720 / 1800, "m": 8_534_016 / 1800}
+    assert recipe.choose(600, lambda rung: ten.get(rung.name, 0.0))[0].name == "s"
+    assert recipe.choose(1800, lambda rung: thirty.get(rung.name, 0.0))[0].name == "s"
+    assert recipe.choose(180, lambda rung: ten.get(rung.name, 0.0))[0].name == "xs"  # s: 0.7 per parameter
 
 
 def test_measured_speed_is_a_real_training_step():
