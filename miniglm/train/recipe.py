@@ -4,7 +4,7 @@
     cfg = load_config(TrainConfig, BASE_PRESET, rung.overrides())     # then --max_minutes fits the steps
 
 A budget of wall-clock minutes buys a number of training tokens, and how many depends on the
-model: on a 2-core CPU the smallest rung trains ~2x more tokens per second than the next one and
+model: on the 2-core AVX2 EPYC the smallest rung trains ~2x more tokens per second than the next one and
 ~4.5x more than the one after. Too big a model sees too few tokens, too small a one stops gaining.
 The rule: train the largest rung of the ladder (`LADDER`, smallest first) whose measured speed buys
 at least `TOKENS_PER_PARAM` = 2 training tokens per parameter in the budget; when none does, the
@@ -97,7 +97,7 @@ class Rung:
 LADDER = (
     Rung("xs", 2, 128, 4, 352, 4000, 6e-3),  # measured: see the module docstring
     Rung("s", 3, 192, 6, 512, 4000, 6e-3),  # xs's vocabulary and rate, 32-wide heads, one layer more
-    Rung("m", 4, 256, 8, 704, 4000, 6e-3),  # the same; trained and scored at 10 minutes (bench/README.md)
+    Rung("m", 4, 256, 8, 704, 4000, 6e-3),  # the same; trained and scored at 10 and 30 minutes (bench/README.md)
     Rung("l", 6, 384, 6, 1024, 8000, 1.5e-3),  # rates measured with AdamW, before Muon; not trained with it
     Rung("xl", 6, 512, 8, 1408, 16000, 1e-3),
 )
