@@ -158,6 +158,9 @@ class TrainConfig:
         1.0, "with optimizer = muon: the AdamW side's learning rate (embedding, LM head, norm gains) as a "
              "multiple of learning_rate (Muon's), at every step of the schedule")
     grad_clip: float = opt(1.0, "clip the gradient norm to this; 0 = off")
+    dropout: float = opt(0.0, "residual dropout while training: this share of the embedding output and of each "
+                              "block's attention and MLP outputs is zeroed (GPT-2's embd/resid_pdrop); 0 = off; "
+                              "evaluation and generation never drop")
     eval_interval: int = opt(200, "evaluate on val every N steps (and at the end); 0 = only at the end")
     eval_steps: int = opt(20, "val batches per evaluation; 0 = the whole validation set")
     log_interval: int = opt(10, "write a metrics line every N steps")
@@ -189,6 +192,7 @@ class TrainConfig:
         _require(self.adamw_lr_scale > 0, "adamw_lr_scale", f"must be > 0, got {self.adamw_lr_scale}")
         _require(self.adamw_lr_scale == 1 or self.optimizer == "muon", "adamw_lr_scale",
                  f"{self.adamw_lr_scale:g} applies to optimizer = muon only (with adamw, set learning_rate)")
+        _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must be in [0, 1)")
         _require(self.block_size <= self.model.max_position_embeddings, "block_size",
                  f"{self.block_size} exceeds model.max_position_embeddings={self.model.max_position_embeddings}")

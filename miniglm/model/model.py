@@ -1,8 +1,9 @@
 """The MiniGLM transformer, top to bottom in one file: the ONE definition of the network.
 
 A Llama-style decoder: token embedding -> N x [RMSNorm -> causal self-attention with rotary
-position embedding -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head tied to
-the embedding. Module and parameter names are Hugging Face Llama's (`model.embed_tokens`,
+position embedding -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head, tied to
+the embedding or not (`tie_word_embeddings`). While training, `set_dropout` can drop a share of the
+embedding and of each branch's output before the residual sum (a training setting, not a shape). Module and parameter names are Hugging Face Llama's (`model.embed_tokens`,
 `model.layers.{i}.self_attn.q_proj`, ..., `lm_head`), and rotary embedding uses the same
 `rotate_half` convention, so exporting to `transformers.LlamaForCausalLM` is a renaming-free copy.
 
@@ -274,11 +275,13 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
+        self.dropout = 0.0  # residual dropout while training (MiniGLM.set_dropout)
 
     def forward(self, x, cos, sin, kv_cache=None, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask)
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x
+        y = self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask)
+        x = x + (F.dropout(y, self.dropout, True) if self.dropout and self.training else y)
+        y = self.mlp(self.post_attention_layernorm(x))
+        return x + (F.dropout(y, self.dropout, True) if self.dropout and self.training else y)
 
     def fuse(self, layout: Layout) -> None:
         self.self_attn.fuse(layout, self.input_layernorm.weight)
@@ -332,6 +335,7 @@ class MiniGLM(nn.Module):
         self.quantization: tuple[str, str] | None = None  # ("int8", kernel) once quantize() ran
         self.fused_head: LinearFn | None = None
         self.numpy_step = True  # batch-1 decoding on a CPU through `step` (False: the torch decode path)
+        self.dropout = 0.0  # see set_dropout
         self.apply(self._init_weights)
         # GPT-2 style: scale the projections that write into the residual stream by 1/sqrt(2N),
         # so the residual's variance does not grow with depth.
@@ -343,6 +347,18 @@ class MiniGLM(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+
+    def set_dropout(self, p: float) -> MiniGLM:
+        """While training (`self.training`), zero a share p of the embedding output and of each block's
+        attention and MLP outputs before they join the residual stream, scaling the rest by 1/(1-p)
+        (GPT-2's embd_pdrop/resid_pdrop; attention weights are not dropped). A training setting, not
+        part of the shape: checkpoints and exports do not carry it; evaluation and decoding never drop."""
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.dropout = float(p)
+        for layer in self.model.layers:
+            layer.dropout = float(p)
+        return self
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
@@ -485,6 +501,8 @@ class MiniGLM(nn.Module):
             fused = (kv_cache is not None and kv_cache.weights_key is not None
                      and kv_cache.weights_key is self._fused_key)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        if self.dropout and self.training:
+            x = F.dropout(x, self.dropout, True)
         if fused:
             if cos.dtype != x.dtype:
                 cos, sin = cos.to(x.dtype), sin.to(x.dtype)

@@ -147,7 +147,7 @@ def measure_step_seconds(cfg, steps: int = 2) -> float:
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    model = MiniGLM(cfg.model).to(device)
+    model = MiniGLM(cfg.model).to(device).set_dropout(cfg.dropout)
     stepper = Stepper(model, build_optimizer(model, cfg, device), device, dtype, cfg.grad_accum_steps, cfg.grad_clip)
     gen = torch.Generator().manual_seed(0)
     vocab = cfg.model.vocab_size

@@ -261,7 +261,7 @@ class Run:
         self._matmul_before = use_float32_matmul(self.cfg.matmul)
         if device.type == "cpu":
             tune_cpu_allocator()
-        self.model.to(device)
+        self.model.to(device).set_dropout(self.cfg.dropout)
         self.optimizer = build_optimizer(self.model, self.cfg, device)
         self.batches = train_batches(self.cfg, self.meta, dist, device)
         self.progress, state = Progress(), {}

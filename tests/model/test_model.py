@@ -111,6 +111,23 @@ def test_partial_mask_averages_only_counted_tokens():
     torch.testing.assert_close(masked_cross_entropy(logits, y, mask.bool()), expected)
 
 
+def test_dropout_only_while_training(model):
+    x = torch.randint(0, 97, (2, 12))
+    model.eval()
+    plain = model(x)[0]
+    model.set_dropout(0.3)
+    assert torch.equal(model(x)[0], plain)  # evaluation never drops
+    model.train()
+    a, b = model(x)[0], model(x)[0]
+    assert not torch.allclose(a, plain) and not torch.allclose(a, b)  # fresh masks each call
+    a.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert torch.equal(model.set_dropout(0.0)(x)[0], plain)  # 0 in training is the plain forward
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="dropout must be in"):
+            model.set_dropout(bad)
+
+
 def test_kv_cache_matches_full_forward(model):
     x = torch.randint(0, 97, (2, 12))
     full = model(x)[0]

@@ -111,6 +111,20 @@ def test_muons_adamw_side_learns_at_its_scale_of_the_scheduled_rate():
         load_config(TrainConfig, overrides={"adamw_lr_scale": 2})
 
 
+def test_dropout_is_a_training_setting(data, tmp_path):
+    from miniglm.config import ConfigError
+
+    for bad in (1, -0.5):
+        with pytest.raises(ConfigError, match="dropout: must be in"):
+            load_config(TrainConfig, overrides={"dropout": bad})
+    kw = dict(max_steps=20, log_interval=5, eval_interval=20, batch_size=2, block_size=16)
+    train(tiny_config(data, tmp_path / "plain", **kw))
+    train(tiny_config(data, tmp_path / "drop", dropout=0.5, **kw))
+    assert losses(tmp_path / "drop")[1:] != losses(tmp_path / "plain")[1:]  # the masks change the training
+    saved = ckpt.load_checkpoint(tmp_path / "drop", which="latest")
+    assert saved.model.dropout == 0.0 and "dropout" not in saved.meta["model_config"]  # not part of the model
+
+
 def test_muon_update_is_torchs_muon_in_float32():
     """The same step as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), up to its bfloat16 Newton-Schulz."""
     gen = torch.Generator().manual_seed(0)
@@ -234,10 +248,10 @@ def test_whole_validation_set_when_eval_steps_is_zero(data, tmp_path):
     assert losses(tmp_path / "run", "eval", "val_tokens") == [(2, (val_tokens - 1) // 32 * 32)]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_reproduces_the_uninterrupted_run_exactly(data, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,dropout", [("adamw", 0.0), ("muon", 0.0), ("muon", 0.2)])
+def test_resume_reproduces_the_uninterrupted_run_exactly(data, tmp_path, optimizer, dropout):
     kw = dict(max_steps=200, log_interval=7, eval_interval=50, checkpoint_interval=30, batch_size=2, block_size=16,
-              optimizer=optimizer)
+              optimizer=optimizer, dropout=dropout)
     train(tiny_config(data, tmp_path / "full", **kw))
     first = train(tiny_config(data, tmp_path / "split", **kw), stop_after=lambda step: step == 100)
     assert first["step"] == 100 and first["interrupted"] == "stop_after"
