@@ -125,14 +125,16 @@ def test_dropout_is_a_training_setting(data, tmp_path):
     assert saved.model.dropout == 0.0 and "dropout" not in saved.meta["model_config"]  # not part of the model
 
 
-def test_muon_update_is_torchs_muon_in_float32():
-    """The same step as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), up to its bfloat16 Newton-Schulz."""
+@pytest.mark.parametrize("ns_dtype", [None, torch.bfloat16])
+def test_muon_update_is_torchs_muon(ns_dtype):
+    """The same step as torch.optim.Muon(adjust_lr_fn="match_rms_adamw"), whose Newton-Schulz is bfloat16,
+    with ours in the weights' float32 or in bfloat16; the weights stay float32."""
     gen = torch.Generator().manual_seed(0)
     shapes = [(24, 24), (24, 24), (40, 24), (24, 40)]  # stacked by shape, tall ones transposed
     ours = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     start = [p.detach().clone() for p in ours]
-    a = Muon(ours, lr=0.02, weight_decay=0.1)
+    a = Muon(ours, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype)
     b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     for _ in range(3):
         for p, q in zip(ours, theirs):
@@ -143,6 +145,19 @@ def test_muon_update_is_torchs_muon_in_float32():
     for p, q, p0 in zip(ours, theirs, start):
         moved = (q.detach() - p0).norm()
         assert moved > 0.01 and (p.detach() - q.detach()).norm() < 0.02 * moved
+        assert p.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype,ns_dtype", [("float32", torch.float32), ("bfloat16", torch.bfloat16),
+                                            ("float16", torch.float32)])
+def test_muon_newton_schulz_runs_in_bfloat16_only_where_the_run_computes_in_it(dtype, ns_dtype):
+    from miniglm.config import ModelConfig
+    from miniglm.model.model import MiniGLM
+
+    m = MiniGLM(ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16))
+    cfg = load_config(TrainConfig, overrides={"optimizer": "muon", "dtype": dtype})
+    assert build_optimizer(m, cfg, torch.device("cpu")).optimizers[1].ns_dtype == ns_dtype
 
 
 # --------------------------------------------------------------------------- batches
