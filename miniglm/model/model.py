@@ -3,7 +3,8 @@
 A Llama-style decoder: token embedding -> N x [RMSNorm -> causal self-attention with rotary
 position embedding -> residual, RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head, tied to
 the embedding or not (`tie_word_embeddings`). While training, `set_dropout` can drop a share of the
-embedding and of each branch's output before the residual sum (a training setting, not a shape). Module and parameter names are Hugging Face Llama's (`model.embed_tokens`,
+embedding and of each branch's output before the residual sum (a training setting, not a shape).
+Module and parameter names are Hugging Face Llama's (`model.embed_tokens`,
 `model.layers.{i}.self_attn.q_proj`, ..., `lm_head`), and rotary embedding uses the same
 `rotate_half` convention, so exporting to `transformers.LlamaForCausalLM` is a renaming-free copy.
 
