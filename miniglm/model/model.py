@@ -276,13 +276,11 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
-        self.dropout = 0.0  # residual dropout while training (MiniGLM.set_dropout)
 
-    def forward(self, x, cos, sin, kv_cache=None, attn_mask=None):
-        y = self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask)
-        x = x + (F.dropout(y, self.dropout, True) if self.dropout and self.training else y)
-        y = self.mlp(self.post_attention_layernorm(x))
-        return x + (F.dropout(y, self.dropout, True) if self.dropout and self.training else y)
+    def forward(self, x, cos, sin, kv_cache=None, attn_mask=None, dropout: float = 0.0):
+        """dropout: the share of each branch's output zeroed before the residual sum (0: none)."""
+        x = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask), dropout)
+        return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), dropout)
 
     def fuse(self, layout: Layout) -> None:
         self.self_attn.fuse(layout, self.input_layernorm.weight)
@@ -357,8 +355,6 @@ class MiniGLM(nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self.dropout = float(p)
-        for layer in self.model.layers:
-            layer.dropout = float(p)
         return self
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -501,9 +497,10 @@ class MiniGLM(nn.Module):
         else:  # the fused weights only for a cache made by new_cache since the weights last changed
             fused = (kv_cache is not None and kv_cache.weights_key is not None
                      and kv_cache.weights_key is self._fused_key)
+        dropout = self.dropout if self.training else 0.0  # (F.dropout at 0 returns its input)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        if self.dropout and self.training:
-            x = F.dropout(x, self.dropout, True)
+        if dropout:  # training only; decoding's forward stays as it was
+            x = F.dropout(x, dropout)
         if fused:
             if cos.dtype != x.dtype:
                 cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -512,7 +509,7 @@ class MiniGLM(nn.Module):
             x = normalize(x, self.model.norm.eps)  # its weight is folded into fused_head
         else:
             for layer in self.model.layers:
-                x = layer(x, cos, sin, kv_cache, attn_mask)
+                x = layer(x, cos, sin, kv_cache, attn_mask, dropout)
             x = self.model.norm(x)
         if kv_cache is not None:
             kv_cache.pos += T
