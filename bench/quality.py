@@ -42,7 +42,10 @@ once; characters not in the training text are <unk> and scored as such (counted 
 Printed: the split, both models, progress while training, a table (parameters, steps, tokens or
 characters seen, training minutes, held-out bits/char), `improvement: Y%` (1 - ratio) and last
 `bits_per_char_ratio: X.XX` = MiniGLM / GPT-2 (below 1: MiniGLM is better). --json FILE writes
-the results.
+the results. --breakdown adds where each side's bits go: the held-out characters grouped by how often
+they occur in the training text, bits/char and share of the side's bits per group (a MiniGLM token's
+nats are shared evenly over the characters its bytes belong to; its end-of-text tokens are a row),
+and the mean nats of a prediction by how much of its window precedes it (tokens or characters).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -228,10 +232,12 @@ def train_gpt2(model, data: torch.Tensor, block: int, batch: int, lr: float, sec
 
 
 @torch.no_grad()
-def score_chars(model, ids: torch.Tensor, block: int, batch_size: int = 16) -> tuple[float, int, int]:
+def score_chars(model, ids: torch.Tensor, block: int, batch_size: int = 16,
+                per_token: np.ndarray | None = None) -> tuple[float, int, int]:
     """(total nats, characters scored, windows) over consecutive windows of `block` targets, as
     `miniglm.evaluate.heldout.score_stream` does: window k reads ids [k·block, (k+1)·block) and
-    predicts ids [k·block + 1, (k+1)·block + 1); every id but the first is predicted once."""
+    predicts ids [k·block + 1, (k+1)·block + 1); every id but the first is predicted once. With
+    `per_token` (len(ids) - 1 floats), per_token[i] = the nats of predicting ids[i + 1]."""
     model.eval()
     device = next(model.parameters()).device
     n = len(ids)
@@ -240,11 +246,15 @@ def score_chars(model, ids: torch.Tensor, block: int, batch_size: int = 16) -> t
     for i in range(0, len(starts), batch_size):
         group = starts[i:i + batch_size]
         for length in sorted({min(block, n - 1 - s) for s in group}):  # only the last window is shorter
-            w = torch.stack([ids[s:s + length + 1] for s in group if min(block, n - 1 - s) == length]).to(device)
+            rows = [s for s in group if min(block, n - 1 - s) == length]
+            w = torch.stack([ids[s:s + length + 1] for s in rows]).to(device)
             logits = model(input_ids=w[:, :-1]).logits.float()  # (B, length, V)
-            nats += F.cross_entropy(logits.reshape(-1, logits.size(-1)), w[:, 1:].reshape(-1),
-                                    reduction="none").double().sum().item()
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), w[:, 1:].reshape(-1), reduction="none")
+            nats += loss.double().sum().item()
             scored += w[:, 1:].numel()
+            if per_token is not None:
+                for s, row in zip(rows, loss.view(len(rows), length).cpu().numpy()):
+                    per_token[s:s + length] = row
     return nats, scored, len(starts)
 
 
@@ -266,16 +276,22 @@ def run_baseline(args, shape, target_params: int, work: Path, device: torch.devi
     print(f"gpt2-char: {result['steps']} steps in {result['seconds'] / 60:.2f} min, "
           f"{result['chars_seen'] / len(train_text):.3f} epochs; scoring the held-out text", flush=True)
     nats = scored = windows = 0
+    pieces, streams = [], []  # (text, nats of each of its characters), per-target nats: for --breakdown
     for text in held.values():
-        n, s, w = score_chars(model, vocab.encode(text), block)
+        per = np.zeros(max(len(text) - 1, 0))
+        n, s, w = score_chars(model, vocab.encode(text), block, per_token=per)
         nats, scored, windows = nats + n, scored + s, windows + w
+        pieces.append((text, np.concatenate([[0.0], per])[:len(text)]))  # the first character is not predicted
+        streams.append(per)
     chars = sum(len(t) for t in held.values())
     unknown = sum(vocab.unknown(t) for t in held.values())
     print(f"gpt2-char: {scored:,} characters predicted in {windows:,} windows of {block}; {unknown} held-out "
           f"characters are not in the training text (scored as <unk>)", flush=True)
     return {**result, "params": params, "n_embd": width, "vocab": len(vocab), "block": block, "batch": batch,
             "total_nats": nats, "scored": scored, "chars": chars, "unknown_chars": unknown,
-            "bpc": bits_per_char(nats, chars)}
+            "bpc": bits_per_char(nats, chars),
+            "by_training_count": by_training_count(pieces, Counter(train_text)) if args.breakdown else None,
+            "by_context": by_context(streams, block) if args.breakdown else None}
 
 
 # --------------------------------------------------------------------------- MiniGLM through its commands
@@ -323,6 +339,8 @@ def run_miniglm(args, shape, work: Path, env: dict, device: torch.device) -> dic
            "chars_per_token": meta["chars_per_token"], "checkpoint": str(loaded.path.relative_to(run)),
            "block": res.block_size, "total_nats": res.total_nats, "scored": res.tokens_scored, "chars": res.chars,
            "bpc": res.bpc, "rule": res.rule}
+    if args.breakdown:
+        out["by_training_count"], out["by_context"] = miniglm_breakdown(model, tok, files, res, work)
     block = run_cfg["block_size"]
     if block != res.block_size:  # the same stream in windows of the length the model was trained on
         ids = []
@@ -331,6 +349,79 @@ def run_miniglm(args, shape, work: Path, env: dict, device: torch.device) -> dic
         nats, _, _ = score_stream(model, np.asarray(ids, dtype=np.int64), block)
         out["bpc_train_block"] = {"block": block, "total_nats": nats, "bpc": bits_per_char(nats, res.chars)}
     return out
+
+
+def miniglm_breakdown(model, tok, files: list[Path], res, work: Path) -> tuple[dict, dict]:
+    """`by_training_count` and `by_context` of MiniGLM's held-out score: the stream `heldout_text`
+    scored (the same files, end-of-text tokens and windows), each token's nats shared out over its
+    characters."""
+    from miniglm.evaluate.heldout import score_stream
+
+    ids, spans = [], []
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        t = tok.encode(text)
+        spans.append((text, len(ids), t))
+        ids += t + [tok.eot_id]
+    per = np.zeros(len(ids) - 1)
+    score_stream(model, np.asarray(ids, dtype=np.int64), res.block_size, per_token=per)
+    token_nats = np.concatenate([[0.0], per])  # token j's; the stream's first token is not predicted
+    pieces = [(text, char_nats(text, t, token_nats[start:start + len(t)], tok.token_bytes)) for text, start, t in spans]
+    train = Counter("".join(f.read_text(encoding="utf-8") for f in sorted((work / "split" / "train").glob("*.txt"))))
+    table = by_training_count(pieces, train)
+    table["end-of-text tokens"] = {"chars": 0, "total_nats": float(sum(token_nats[s + len(t)] for _, s, t in spans)),
+                                   "bpc": None}
+    return table, by_context([per], res.block_size)
+
+
+TRAINING_COUNTS = ((0, 0), (1, 9), (10, 99), (100, 999), (1000, None))  # --breakdown's buckets
+
+
+def by_context(streams: list[np.ndarray], block: int) -> dict:
+    """Mean nats per prediction by how much of its window came before it: `streams` hold per-target
+    nats of consecutive windows of `block` (target i is predicted from the i % block + 1 ids
+    before it in its window), grouped 1-8, 9-16, 17-32, ... ids of context."""
+    context = [np.arange(len(per)) % block + 1 for per in streams]
+    table, lo = {}, 1
+    while lo <= block:
+        hi = min(8 if lo == 1 else 2 * lo - 2, block)  # 1-8, 9-16, 17-32, 33-64, ...
+        picked = [per[(c >= lo) & (c <= hi)] for per, c in zip(streams, context)]
+        n = sum(len(x) for x in picked)
+        table[f"{lo}-{hi}"] = {"predicted": n, "mean_nats": float(sum(x.sum() for x in picked) / n) if n else None}
+        lo = hi + 1
+    return table
+
+
+def char_nats(text: str, ids: list[int], nats: np.ndarray, token_bytes: list[bytes]) -> np.ndarray:
+    """Each character's share of the nats of predicting `ids`, the tokens of `text` (nats[i] for
+    ids[i]): a token's nats are split evenly over the characters its bytes belong to, so a
+    character spelled by two byte tokens gets both and a two-character token's nats are halved."""
+    owner = np.repeat(np.arange(len(text)), [len(c.encode("utf-8")) for c in text])  # byte -> character
+    out, b = np.zeros(len(text)), 0
+    for t, n in zip(ids, nats, strict=True):
+        k = len(token_bytes[t])
+        chars = np.unique(owner[b:b + k])
+        if k == 0 or len(chars) == 0:
+            raise ValueError(f"token {t} spells no byte of the text at byte {b}")
+        out[chars] += n / len(chars)
+        b += k
+    if b != len(owner):
+        raise ValueError(f"the tokens spell {b} bytes, the text has {len(owner)}")
+    return out
+
+
+def by_training_count(pieces: list[tuple[str, np.ndarray]], train: Counter) -> dict:
+    """Held-out characters grouped by how often each occurs in the training text: per group the
+    characters, their nats and bits/char (`pieces`: (text, the nats of each of its characters))."""
+    table = {}
+    for lo, hi in TRAINING_COUNTS:
+        label = f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
+        chars = nats = 0
+        for text, per_char in pieces:
+            pick = np.array([lo <= train[c] and (hi is None or train[c] <= hi) for c in text], dtype=bool)
+            chars, nats = chars + int(pick.sum()), nats + float(per_char[pick].sum())
+        table[label] = {"chars": chars, "total_nats": nats, "bpc": bits_per_char(nats, chars)}
+    return table
 
 
 # --------------------------------------------------------------------------- driver
@@ -361,6 +452,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="work directory (default: a temporary one, removed at the end unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also print each side's held-out bits/char by how often the characters occur in the "
+                        "training text (0, 1-9, 10-99, 100-999, 1000+ times)")
     p.add_argument("--prepared", metavar="DIR",
                    help="MiniGLM's prepared data: made there on the first run, reused by later runs (a sweep); "
                         "it must come from the same --data, --held-chapters and --vocab-size")
@@ -391,6 +485,31 @@ def report(results: dict) -> None:
         seen = (f"{r['tokens_seen']:,} tokens (~{r['chars_seen'] / 1e6:.2f}M chars)" if side == "miniglm"
                 else f"{r['chars_seen']:,} chars")
         print(f"{side:<10} {r['params']:>11,} {r['steps']:>7,} {seen:>34} {r['seconds'] / 60:>9.2f} {r['bpc']:>18.4f}")
+    tables = {side: r["by_training_count"] for side, r in results.items() if r.get("by_training_count")}
+    if tables:
+        print("\nheld-out characters by their count in the training text: bits/char (the side's share of its bits)")
+        print(f"{'count':<19} {'characters':>10} " + " ".join(f"{side:>18}" for side in tables))
+        labels = dict.fromkeys(label for t in tables.values() for label in t)
+        for label in labels:
+            cells, chars = [], 0
+            for side, t in tables.items():
+                row = t.get(label)
+                if row is None:
+                    cells.append(f"{'-':>18}")
+                    continue
+                chars = row["chars"]
+                bpc = f"{row['bpc']:.3f}" if row["chars"] else ""
+                cells.append(f"{bpc:>9} ({row['total_nats'] / results[side]['total_nats']:6.1%})")
+            print(f"{label:<19} {chars:>10,} " + " ".join(cells))
+    contexts = {side: r["by_context"] for side, r in results.items() if r.get("by_context")}
+    if contexts:
+        print("\nmean nats per prediction by the context before it in its window (miniglm: tokens, gpt2-char: "
+              "characters)")
+        print(f"{'context':<19} " + " ".join(f"{side:>18}" for side in contexts))
+        for label in dict.fromkeys(label for t in contexts.values() for label in t):
+            cells = [f"{'-':>18}" if (t.get(label) or {}).get("mean_nats") is None else f"{t[label]['mean_nats']:>18.3f}"
+                     for t in contexts.values()]
+            print(f"{label:<19} " + " ".join(cells))
     if "bpc_train_block" in results.get("miniglm", {}):
         b = results["miniglm"]["bpc_train_block"]
         print(f"(miniglm in windows of its training block_size, {b['block']} tokens, instead of the model context "

@@ -94,8 +94,10 @@ def model_device(model: MiniGLM) -> torch.device:
 
 @torch.no_grad()
 def score_stream(model: MiniGLM, tokens: np.ndarray, block: int, batch_size: int = 8,
-                 dtype: torch.dtype = torch.float32, progress: bool = False) -> tuple[float, int, int]:
-    """(total nats, tokens scored, windows) over consecutive windows of `block` targets."""
+                 dtype: torch.dtype = torch.float32, progress: bool = False,
+                 per_token: np.ndarray | None = None) -> tuple[float, int, int]:
+    """(total nats, tokens scored, windows) over consecutive windows of `block` targets; with
+    `per_token` (len(tokens) - 1 floats), per_token[i] = the nats of predicting tokens[i + 1]."""
     n = len(tokens)
     starts = list(range(0, max(n - 1, 0), block))
     device = model_device(model)
@@ -112,6 +114,9 @@ def score_stream(model: MiniGLM, tokens: np.ndarray, block: int, batch_size: int
                 _, token_loss = model(w[:, :-1], w[:, 1:], reduction="none")  # (B, length) nats
             nats += token_loss.double().sum().item()
             scored += w[:, 1:].numel()
+            if per_token is not None:
+                for s, row in zip(rows, token_loss.float().cpu().numpy()):
+                    per_token[s:s + length] = row
         bar.update(len(group))
     bar.close()
     return nats, scored, len(starts)

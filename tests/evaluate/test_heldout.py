@@ -95,6 +95,15 @@ def test_heldout_pretrain_matches_hand_computation(tiny, tmp_path):
     assert res.kind == "pretrain" and str(len(ids)) in res.rule
 
 
+def test_score_stream_per_token_nats(tiny):
+    model, tok, _ = tiny
+    ids = [t for d in DOCS for t in tok.encode(d) + [tok.eot_id]]
+    per = np.full(len(ids) - 1, np.nan)
+    nats, scored, _ = ev.score_stream(model, np.asarray(ids), CONTEXT, batch_size=2, per_token=per)
+    assert per == pytest.approx(manual_stream_nats(model, ids, CONTEXT), rel=1e-4, abs=1e-5)
+    assert scored == len(per) and per.sum() == pytest.approx(nats, rel=1e-6)
+
+
 def test_heldout_text_files(tiny, tmp_path):
     model, tok, _ = tiny
     files = []
