@@ -332,7 +332,9 @@ def run_miniglm(args, shape, work: Path, env: dict, device: torch.device) -> dic
     files = sorted((work / "split" / "heldout").glob("*.txt"))
     print(f"miniglm: scoring checkpoint {loaded.path.name} (step {loaded.meta.get('step')}) on the held-out text",
           flush=True)
-    res = heldout_text(model, tok, files)
+    ids, spans = held_stream(tok, files)
+    per = np.zeros(len(ids) - 1) if args.breakdown else None
+    res = heldout_text(model, tok, files, per_token=per)
     out = {"params": model.num_params(), "steps": last["step"], "tokens_seen": last["tokens"],
            "chars_seen": last["tokens"] * meta["chars_per_token"], "seconds": last["elapsed"],
            "prepare_seconds": prepare_s, "vocab": model.config.vocab_size, "train_tokens": meta["train_tokens"],
@@ -340,38 +342,38 @@ def run_miniglm(args, shape, work: Path, env: dict, device: torch.device) -> dic
            "block": res.block_size, "total_nats": res.total_nats, "scored": res.tokens_scored, "chars": res.chars,
            "bpc": res.bpc, "rule": res.rule}
     if args.breakdown:
-        out["by_training_count"], out["by_context"] = miniglm_breakdown(model, tok, files, res, work)
+        out["by_training_count"], out["by_context"] = miniglm_breakdown(tok, spans, per, res.block_size, work)
     block = run_cfg["block_size"]
     if block != res.block_size:  # the same stream in windows of the length the model was trained on
-        ids = []
-        for f in files:
-            ids += tok.encode(f.read_text(encoding="utf-8")) + [tok.eot_id]
         nats, _, _ = score_stream(model, np.asarray(ids, dtype=np.int64), block)
         out["bpc_train_block"] = {"block": block, "total_nats": nats, "bpc": bits_per_char(nats, res.chars)}
     return out
 
 
-def miniglm_breakdown(model, tok, files: list[Path], res, work: Path) -> tuple[dict, dict]:
-    """`by_training_count` and `by_context` of MiniGLM's held-out score: the stream `heldout_text`
-    scored (the same files, end-of-text tokens and windows), each token's nats shared out over its
-    characters."""
-    from miniglm.evaluate.heldout import score_stream
-
+def held_stream(tok, files: list[Path]) -> tuple[list[int], list[tuple[str, int, list[int]]]]:
+    """`heldout_text`'s stream (each file's tokens, then the end-of-text token) and, per file, its
+    text, the index of its first token in the stream and its tokens."""
     ids, spans = [], []
     for f in files:
         text = f.read_text(encoding="utf-8")
         t = tok.encode(text)
         spans.append((text, len(ids), t))
         ids += t + [tok.eot_id]
-    per = np.zeros(len(ids) - 1)
-    score_stream(model, np.asarray(ids, dtype=np.int64), res.block_size, per_token=per)
+    return ids, spans
+
+
+def miniglm_breakdown(tok, spans: list[tuple[str, int, list[int]]], per: np.ndarray, block: int,
+                      work: Path) -> tuple[dict, dict]:
+    """`by_training_count` and `by_context` of MiniGLM's held-out score from the per-target nats
+    `heldout_text` filled in (`per`) over `held_stream`'s stream (`spans`), each token's nats shared
+    out over its characters."""
     token_nats = np.concatenate([[0.0], per])  # token j's; the stream's first token is not predicted
     pieces = [(text, char_nats(text, t, token_nats[start:start + len(t)], tok.token_bytes)) for text, start, t in spans]
     train = Counter("".join(f.read_text(encoding="utf-8") for f in sorted((work / "split" / "train").glob("*.txt"))))
     table = by_training_count(pieces, train)
     table["end-of-text tokens"] = {"chars": 0, "total_nats": float(sum(token_nats[s + len(t)] for _, s, t in spans)),
                                    "bpc": None}
-    return table, by_context([per], res.block_size)
+    return table, by_context([per], block)
 
 
 TRAINING_COUNTS = ((0, 0), (1, 9), (10, 99), (100, 999), (1000, None))  # --breakdown's buckets
@@ -413,13 +415,13 @@ def char_nats(text: str, ids: list[int], nats: np.ndarray, token_bytes: list[byt
 def by_training_count(pieces: list[tuple[str, np.ndarray]], train: Counter) -> dict:
     """Held-out characters grouped by how often each occurs in the training text: per group the
     characters, their nats and bits/char (`pieces`: (text, the nats of each of its characters))."""
+    counts = [np.array([train[c] for c in text], dtype=np.int64) for text, _ in pieces]
     table = {}
     for lo, hi in TRAINING_COUNTS:
         label = f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
-        chars = nats = 0
-        for text, per_char in pieces:
-            pick = np.array([lo <= train[c] and (hi is None or train[c] <= hi) for c in text], dtype=bool)
-            chars, nats = chars + int(pick.sum()), nats + float(per_char[pick].sum())
+        picks = [(n >= lo) & (n <= (np.inf if hi is None else hi)) for n in counts]
+        chars = sum(int(pick.sum()) for pick in picks)
+        nats = sum(float(per_char[pick].sum()) for (_, per_char), pick in zip(pieces, picks))
         table[label] = {"chars": chars, "total_nats": nats, "bpc": bits_per_char(nats, chars)}
     return table
 

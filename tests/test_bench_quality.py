@@ -171,8 +171,11 @@ def test_miniglm_breakdown_adds_up_to_the_heldout_score(bench, tmp_path):
     for i, text in enumerate(held):
         files.append(tmp_path / f"{i}.txt")
         files[-1].write_text(text, encoding="utf-8")
-    res = heldout_text(model, tok, files)
-    table, context = bench.miniglm_breakdown(model, tok, files, res, tmp_path)
+    ids, spans = bench.held_stream(tok, files)
+    per = np.full(len(ids) - 1, np.nan)
+    res = heldout_text(model, tok, files, per_token=per)
+    assert [t for _, _, t in spans] == [tok.encode(t) for t in held] and len(ids) == res.tokens_scored + 1
+    table, context = bench.miniglm_breakdown(tok, spans, per, res.block_size, tmp_path)
     assert sum(r["predicted"] for r in context.values()) == res.tokens_scored
     assert sum(r["predicted"] * (r["mean_nats"] or 0) for r in context.values()) == pytest.approx(res.total_nats)
     assert sum(r["chars"] for r in table.values()) == res.chars == sum(map(len, held))

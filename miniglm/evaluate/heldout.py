@@ -136,7 +136,10 @@ def heldout_pretrain(model: MiniGLM, data_dir: Path, meta: dict[str, Any], batch
 
 
 def heldout_text(model: MiniGLM, tokenizer: Tokenizer, files: Sequence[Path], batch_size: int = 8,
-                 dtype: torch.dtype = torch.float32, progress: bool = False) -> LossResult:
+                 dtype: torch.dtype = torch.float32, progress: bool = False,
+                 per_token: np.ndarray | None = None) -> LossResult:
+    """The files as one stream, each followed by the end-of-text token, scored by `score_stream`
+    (`per_token`: filled with the nats of each target, as there; one float per stream token but one)."""
     ids: list[int] = []
     chars = 0
     for f in files:
@@ -150,8 +153,11 @@ def heldout_text(model: MiniGLM, tokenizer: Tokenizer, files: Sequence[Path], ba
         chars += len(text)
     if chars == 0:
         raise EvalError(f"{', '.join(map(str, files))}: no text to score")
+    if per_token is not None and len(per_token) != len(ids) - 1:
+        raise ValueError(f"per_token holds {len(per_token)} floats; the stream has {len(ids) - 1} targets")
     block = model.config.max_position_embeddings
-    nats, scored, windows = score_stream(model, np.asarray(ids, dtype=np.int64), block, batch_size, dtype, progress)
+    nats, scored, windows = score_stream(model, np.asarray(ids, dtype=np.int64), block, batch_size, dtype, progress,
+                                         per_token)
     rule = (f"{len(files)} file(s), each followed by the end-of-text token: {len(ids)} tokens in windows "
             f"of {block} targets; every token but the first is predicted once")
     return _result(", ".join(map(str, files)), "text", nats, scored, chars, windows, block, rule)

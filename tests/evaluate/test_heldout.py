@@ -113,6 +113,11 @@ def test_heldout_text_files(tiny, tmp_path):
     [res] = ev.evaluate_heldout(model, tok, text_files=files, batch_size=3)
     ids = [t for d in DOCS for t in tok.encode(d) + [tok.eot_id]]
     nats = manual_stream_nats(model, ids, CONTEXT)
+    per = np.full(len(ids) - 1, np.nan)
+    assert ev.heldout_text(model, tok, files, batch_size=3, per_token=per).total_nats == pytest.approx(res.total_nats)
+    assert per == pytest.approx(nats, rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match=f"per_token holds 3 floats; the stream has {len(ids) - 1} targets"):
+        ev.heldout_text(model, tok, files, per_token=np.zeros(3))
     assert res.tokens_scored == len(ids) - 1
     assert res.loss == pytest.approx(sum(nats) / len(nats), rel=1e-5)
     assert res.bpc == pytest.approx(sum(nats) / (sum(map(len, DOCS)) * math.log(2)), rel=1e-5)
